@@ -1,0 +1,240 @@
+"""The ``chestdx`` command: synth, recipes, train, evaluate, predict, table, demo.
+
+Every subcommand is a thin layer over a Python function; ``main(argv)`` can be called in-process
+(the tests do). User errors (:class:`~chestdx.errors.ChestdxError`) print one clear message and
+exit with status 2; a ``predict`` run in which some inputs failed exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from chestdx import __version__
+from chestdx.errors import ChestdxError
+
+
+def _recipe_from_args(args: argparse.Namespace) -> Any:
+    from chestdx.config import load_recipe, parse_overrides
+
+    over = parse_overrides(args.set or [])
+    flat = {
+        "trainer.epochs": args.epochs, "data.image_size": args.image_size, "model.backbone": args.backbone,
+        "model.weights": args.weights, "data.batch_size": args.batch_size, "optim.lr": args.lr,
+        "seed": args.seed, "trainer.accelerator": args.accelerator, "trainer.devices": args.devices,
+        "trainer.num_nodes": args.num_nodes, "trainer.strategy": args.strategy,
+        "trainer.precision": args.precision, "data.num_workers": args.num_workers,
+    }
+    items = [f"{k}={v}" for k, v in flat.items() if v is not None]
+    from chestdx.config import _deep_merge
+
+    return load_recipe(args.recipe, _deep_merge(parse_overrides(items), over))
+
+
+def _add_train_overrides(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe overrides")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--backbone", help="resnet18 | resnet34 | resnet50 | ...")
+    g.add_argument("--weights", help="imagenet | none | PATH to a state dict")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--num-workers", type=int)
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any recipe key, e.g. --set optim.weight_decay=1e-4 (repeatable)")
+    h = p.add_argument_group("hardware (passed to Lightning)")
+    h.add_argument("--accelerator", help="cpu | gpu | auto")
+    h.add_argument("--devices", help="number of devices or 'auto'")
+    h.add_argument("--num-nodes", type=int)
+    h.add_argument("--strategy", help="e.g. ddp")
+    h.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from chestdx.data.phantom import synthesize_slices
+
+    if args.kind != "slice":
+        raise ChestdxError(f"--kind {args.kind} is not available yet; this version makes --kind slice")
+    manifest = synthesize_slices(
+        args.out, n_patients_per_class=args.patients, slices_per_patient=args.slices_per_patient,
+        num_classes=args.classes, sites=args.sites, size=args.size, seed=args.seed,
+    )
+    print(f"wrote {manifest}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from chestdx.config import load_recipe, recipe_names
+
+    for name in recipe_names():
+        r = load_recipe(name)
+        print(f"{name:28s} {r.description}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from chestdx.engine.train import train
+
+    recipe = _recipe_from_args(args)
+    run = train(recipe, args.data or [], args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"run written to {run.path} (best checkpoint {run.checkpoint('best').name})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from chestdx.evaluate.run import evaluate_run, metrics_report_markdown
+
+    res = evaluate_run(args.run, args.data, split=args.split, out=args.out, procedure=args.procedure,
+                       aggregate=args.aggregate, n_boot=args.n_boot, which=args.checkpoint,
+                       progress=not args.no_progress)
+    print(metrics_report_markdown(res, f"{Path(args.run).name} on {args.split}"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from chestdx.serve.predictor import Predictor
+    from chestdx.utils import atomic_open, to_json
+
+    predictor = Predictor(args.run, which=args.checkpoint, procedure=args.procedure)
+    files = _expand_inputs(args.inputs)
+    errors: list[tuple[str, str]] = []
+    lines = []
+    want_map = args.cam is not None
+    for pred in predictor.predict_files(files, heatmap=want_map, errors=errors):
+        rec = pred.to_json()
+        if want_map and pred.heatmap is not None and pred.image is not None:
+            from chestdx.evaluate.plots import overlay_heatmap, save_png
+
+            out_png = Path(args.cam) / (Path(pred.source).stem + "_cam.png")
+            hm = pred.heatmap / (pred.heatmap.max() + 1e-8)
+            save_png(overlay_heatmap(pred.image, hm), out_png)
+            rec["overlay"] = str(out_png)
+        lines.append(to_json(rec))
+        if not args.out:
+            print(lines[-1], flush=True)
+    for path, problem in errors:
+        print(to_json({"file": path, "error": problem}), file=sys.stderr)
+    if args.out:
+        with atomic_open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + ("\n" if lines else ""))
+        print(f"wrote {len(lines)} predictions to {args.out}")
+    if errors:
+        print(f"{len(errors)} of {len(files)} inputs failed (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _expand_inputs(inputs: Sequence[str]) -> list[str]:
+    from chestdx.data.readers import IMAGE_SUFFIXES
+
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and
+                           (f.suffix.lower() in IMAGE_SUFFIXES or f.name.endswith(".nii.gz")))
+            if not found:
+                raise ChestdxError(f"{p}: folder holds no image files")
+            out += found
+        else:
+            out.append(item)
+    return out
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from chestdx.demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    print(f"demo report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chestdx", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"chestdx {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="make a labelled synthetic chest phantom data set")
+    s.add_argument("--out", required=True)
+    s.add_argument("--kind", default="slice", choices=["slice", "sequence", "volume", "cxr"])
+    s.add_argument("--classes", type=int, default=3, choices=[2, 3])
+    s.add_argument("--sites", type=int, default=1)
+    s.add_argument("--patients", type=int, default=40, help="patients per class and site")
+    s.add_argument("--slices-per-patient", type=int, default=2)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("recipes", help="list the shipped recipes")
+    s.set_defaults(func=cmd_recipes)
+
+    s = sub.add_parser("train", help="train a recipe on data; writes a run folder")
+    s.add_argument("recipe", help="recipe name (see `chestdx recipes`) or path to a .yaml")
+    s.add_argument("--data", nargs="+", help="one folder / CSV / label file per site")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    s.add_argument("--no-progress", action="store_true")
+    _add_train_overrides(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics with 95%% intervals, confusion matrix, ROC")
+    s.add_argument("run")
+    s.add_argument("--data", nargs="+", help="evaluate on other data (default: the run's own split)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--out", help="output folder (default RUN/eval-SPLIT)")
+    s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
+    s.add_argument("--aggregate", choices=["mean", "max", "majority"], help="also patient-level metrics")
+    s.add_argument("--n-boot", type=int, default=1000)
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="answer image files: JSON lines of class probabilities")
+    s.add_argument("run")
+    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.add_argument("--cam", metavar="DIR", help="write a CAM overlay PNG per image into DIR")
+    s.add_argument("--out", help="write JSON lines here instead of stdout")
+    s.add_argument("--procedure")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")
+    s.add_argument("--out", default="demo_out")
+    s.add_argument("--quick", action="store_true", help="a smaller, faster demo (for tests)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Returns the exit status (0 ok, 1 some inputs failed, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except ChestdxError as e:
+        print(f"chestdx {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # MONAI / Lightning may wrap our errors
+        from chestdx.data.datasets import unwrap_error
+
+        inner = unwrap_error(e)
+        if isinstance(inner, ChestdxError):
+            print(f"chestdx {args.command}: error: {inner}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Recipes: YAML files validated into typed configuration.
+
+A recipe says everything the engine needs to run one method or ablation row: the task, the data
+preprocessing and augmentation, the model, a list of weighted objectives, an optional batch
+mixing, the inference procedure, the optimiser and the trainer settings. Recipes shipped with
+chestdx live in ``chestdx/recipes/*.yaml`` and are addressed by name (``baseline``); any other
+YAML file is addressed by path. Overrides use dotted keys: ``optim.lr=1e-3``,
+``data.image_size=64``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chestdx.errors import ConfigError
+
+Task = Literal["slice", "sequence", "volume", "cxr", "lesion"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AugmentConfig(_Strict):
+    """Random augmentations applied to training images only (after caching).
+
+    Probabilities are in [0, 1]; angles in degrees; ``translate`` as a fraction of the size.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    shear: float = 0.0
+    blur_prob: float = 0.0
+    blur_kernel: int = 7
+    blur_sigma: tuple[float, float] = (0.05, 2.0)
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+
+class DataConfig(_Strict):
+    """Preprocessing and loading.
+
+    ``normalize``: ``zscore`` = per-image zero mean, unit variance (the papers' choice);
+    ``unit`` = keep [0, 1]; ``imagenet`` = ImageNet mean/std of the grey value.
+    """
+
+    image_size: int = Field(224, ge=16, le=1024)
+    class_names: tuple[str, ...] = ("noncovid", "covid")
+    hu_window: tuple[float, float] | None = None
+    box_crop: bool = True
+    clahe: bool = False
+    clahe_clip: float = 0.01
+    clahe_tile: int = 8
+    normalize: Literal["zscore", "unit", "imagenet"] = "zscore"
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(0, ge=0)
+    cache: bool = True
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("class_names")
+    @classmethod
+    def _two_or_more(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) < 2:
+            raise ValueError("class_names needs at least two classes")
+        if len(set(v)) != len(v):
+            raise ValueError(f"class_names has duplicates: {v}")
+        return v
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class ModelConfig(_Strict):
+    """Which network: ``name`` selects a builder in :mod:`chestdx.models`.
+
+    ``weights``: ``none`` (from scratch), ``imagenet`` (from a local file or the torch cache,
+    never downloaded) or a path to a state dict / checkpoint.
+    """
+
+    name: str = "resnet_mlp"
+    backbone: str = "resnet50"
+    weights: str = "none"
+    head_hidden: int = 512
+    dropout: float = 0.0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveConfig(_Strict):
+    """One weighted loss term; ``name`` selects it in :mod:`chestdx.objectives`."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class MixingConfig(_Strict):
+    """A label-changing batch augmentation; ``name`` selects it in :mod:`chestdx.mixing`."""
+
+    name: str
+    prob: float = Field(1.0, ge=0.0, le=1.0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceConfig(_Strict):
+    """How a trained model answers: ``plain`` forward, or a procedure such as ``cam_voting``."""
+
+    name: str = "plain"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine", "step"] = "none"
+    step_size: int = 30
+    gamma: float = 0.1
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = 5
+
+
+class TrainerConfig(_Strict):
+    """Loop settings. ``monitor`` picks the best checkpoint (``val_loss`` min or ``val_auc`` max)."""
+
+    epochs: int = Field(10, ge=1)
+    monitor: str = "val_loss"
+    monitor_mode: Literal["min", "max"] = "min"
+    early_stopping: EarlyStoppingConfig | None = None
+    gradient_clip: float | None = None
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    limit_train_batches: float | int | None = None
+    log_every_n_steps: int = 10
+
+
+class Recipe(_Strict):
+    """One method or ablation row: everything the engine needs to train and evaluate it."""
+
+    name: str
+    description: str = ""
+    paper: str = ""
+    task: Task = "slice"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig(name="ce")])
+    mixing: MixingConfig | None = None
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with chestdx, sorted."""
+    root = resources.files("chestdx") / "recipes"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"recipe file not found: {p}")
+        text, origin = p.read_text(encoding="utf-8"), str(p)
+    else:
+        res = resources.files("chestdx") / "recipes" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            names = recipe_names()
+            import difflib
+
+            close = difflib.get_close_matches(str(name_or_path), names, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"unknown recipe '{name_or_path}'.{hint} Shipped recipes: {', '.join(names)}; "
+                "or give a path to a .yaml file."
+            )
+        text, origin = res.read_text(encoding="utf-8"), f"chestdx/recipes/{name_or_path}.yaml"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a recipe must be a mapping, got {type(data).__name__}")
+    return data, origin
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["optim.lr=1e-3", "data.image_size=64"]`` into a nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.subkey=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Recipe:
+    """Load a recipe by name or path, apply overrides, validate.
+
+    A recipe may say ``base: other_recipe`` to start from another recipe and change some keys.
+
+    Raises:
+        ConfigError: unknown recipe, bad YAML, unknown key or invalid value (the message names it).
+    """
+    data, origin = _read_yaml(name_or_path)
+    seen = {origin}
+    while "base" in data:
+        base_name = data.pop("base")
+        base, base_origin = _read_yaml(base_name)
+        if base_origin in seen:
+            raise ConfigError(f"{origin}: recipe 'base' chain loops at {base_name}")
+        seen.add(base_origin)
+        data = _deep_merge(base, data)
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    data = _deep_merge(data, overrides)
+    return validate_recipe(data, origin)
+
+
+def validate_recipe(data: Mapping[str, Any], origin: str = "recipe") -> Recipe:
+    """Validate a plain mapping into a :class:`Recipe`.
+
+    Raises:
+        ConfigError: listing every invalid key with its value and the reason.
+    """
+    try:
+        return Recipe.model_validate(dict(data))
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            got = err.get("input")
+            lines.append(f"  {loc}: {err['msg']} (got {got!r})")
+        raise ConfigError(f"{origin}: invalid recipe\n" + "\n".join(lines)) from None

@@ -1,0 +1,163 @@
+"""Preprocessing (deterministic, cached) and augmentation (random, per epoch) of 2D images.
+
+Pipelines are MONAI ``Compose`` chains of dictionary transforms, so MONAI's ``CacheDataset`` caches
+everything up to the first random transform: files are read, cropped, enhanced, resized and
+normalised once; only the augmentation runs every epoch.
+
+Dictionary keys: ``path`` (str), ``box`` (xmin, ymin, xmax, ymax) or None, ``mask`` (str) or None in;
+``image`` ``(1, S, S)`` float32 tensor and ``lesion`` ``(1, S, S)`` float32 {0, 1} tensor out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Compose, RandomizableTrait, Transform
+from PIL import Image
+from torchvision.transforms import v2
+
+from chestdx.config import AugmentConfig, DataConfig
+from chestdx.errors import ChestdxError, DataError
+
+IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = 0.449, 0.226
+
+
+def crop_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Crop ``(H, W)`` to ``box = (xmin, ymin, xmax, ymax)`` (clipped to the image; empty box ignored)."""
+    if box is None:
+        return image
+    h, w = image.shape[-2:]
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return image
+    return image[..., y0:y1, x0:x1]
+
+
+def resize(image: np.ndarray, size: int, resample: int = Image.BICUBIC) -> np.ndarray:
+    """Resize ``(H, W)`` float32 to ``(size, size)`` (bicubic by default, as the papers)."""
+    if image.shape == (size, size):
+        return image.astype(np.float32, copy=False)
+    out = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(
+        (size, size), resample=resample
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def clahe(image: np.ndarray, clip: float = 0.01, tile: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a [0, 1] image (scikit-image).
+
+    ``tile``: number of tiles per side (kernel size = side / tile); ``clip`` as in skimage.
+    """
+    from skimage.exposure import equalize_adapthist
+
+    h, w = image.shape
+    kernel = (max(h // tile, 2), max(w // tile, 2))
+    return equalize_adapthist(np.clip(image, 0, 1), kernel_size=kernel, clip_limit=clip).astype(np.float32)
+
+
+def normalize(image: np.ndarray, how: str) -> np.ndarray:
+    """``zscore`` (per image: zero mean, unit variance), ``unit`` (as is) or ``imagenet``."""
+    if how == "zscore":
+        std = float(image.std())
+        return ((image - image.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
+    if how == "imagenet":
+        return ((image - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD).astype(np.float32)
+    return image.astype(np.float32, copy=False)
+
+
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """Min-max an image to [0, 1] (used when HU values come without a window)."""
+    lo, hi = float(image.min()), float(image.max())
+    return ((image - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(image)
+
+
+class LoadPreprocess(Transform):
+    """Read, crop to the box, (HU window), CLAHE, resize and normalise one image, and its mask.
+
+    In: ``{"path", "box", "mask", ...}``. Out: adds ``image (1, S, S)`` and ``lesion (1, S, S)``.
+    Errors name the file and the step.
+    """
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        from chestdx.data.readers import read_image, read_mask
+
+        path = item["path"]
+        cfg = self.cfg
+        img = read_image(path, hu_window=cfg.hu_window)
+        box = item.get("box") if cfg.box_crop else None
+        try:
+            img = crop_box(img, box)
+            if img.min() < 0 or img.max() > 1:
+                img = to_unit(img)
+            if cfg.clahe:
+                img = clahe(img, cfg.clahe_clip, cfg.clahe_tile)
+            img = normalize(resize(img, cfg.image_size), cfg.normalize)
+        except ChestdxError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DataError(path, f"preprocessing failed ({type(e).__name__}: {e})") from e
+        if not np.isfinite(img).all():
+            raise DataError(path, "image holds NaN or infinite values after preprocessing")
+        out = dict(item)
+        out["image"] = torch.from_numpy(img)[None]
+        lesion = np.zeros((cfg.image_size, cfg.image_size), np.float32)
+        if item.get("mask"):
+            m = crop_box(read_mask(item["mask"]).astype(np.float32), box)
+            lesion = (resize(m, cfg.image_size, Image.NEAREST) > 0.5).astype(np.float32)
+        out["lesion"] = torch.from_numpy(lesion)[None]
+        out["has_mask"] = bool(item.get("mask"))
+        return out
+
+
+class Augment(Transform, RandomizableTrait):
+    """Random flips, affine, blur, brightness/contrast on ``image`` (and the same geometry on ``lesion``).
+
+    Uses torchvision's v2 transforms on tensors, which draw from torch's generator; the DataModule
+    seeds each worker, so a run is repeatable for a seed.
+    """
+
+    def __init__(self, cfg: AugmentConfig):
+        ops: list[Any] = []
+        if cfg.hflip > 0:
+            ops.append(v2.RandomHorizontalFlip(cfg.hflip))
+        if cfg.vflip > 0:
+            ops.append(v2.RandomVerticalFlip(cfg.vflip))
+        if cfg.rotate or cfg.translate or cfg.shear or tuple(cfg.scale) != (1.0, 1.0):
+            ops.append(v2.RandomAffine(degrees=cfg.rotate, translate=(cfg.translate, cfg.translate),
+                                       scale=tuple(cfg.scale), shear=cfg.shear or None,
+                                       interpolation=v2.InterpolationMode.BILINEAR))
+        self.geometry = v2.Compose(ops) if ops else None
+        self.blur = (v2.RandomApply([v2.GaussianBlur(cfg.blur_kernel, tuple(cfg.blur_sigma))], p=cfg.blur_prob)
+                     if cfg.blur_prob > 0 else None)
+        self.brightness, self.contrast = cfg.brightness, cfg.contrast
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        from torchvision import tv_tensors
+
+        out = dict(item)
+        img, les = item["image"], item["lesion"]
+        if self.geometry is not None:
+            img, les = self.geometry(img, tv_tensors.Mask(les))
+            les = les.as_subclass(torch.Tensor)
+        if self.blur is not None:
+            img = self.blur(img)
+        if self.brightness or self.contrast:
+            b = (torch.rand(()) * 2 - 1) * self.brightness
+            c = 1 + (torch.rand(()) * 2 - 1) * self.contrast
+            img = (img - img.mean()) * c + img.mean() + b
+        out["image"], out["lesion"] = img.as_subclass(torch.Tensor), les
+        return out
+
+
+def build_pipeline(cfg: DataConfig, train: bool) -> Compose:
+    """The MONAI chain for one split: preprocessing, then augmentation when ``train``."""
+    steps: list[Any] = [LoadPreprocess(cfg)]
+    if train:
+        steps.append(Augment(cfg.augment))
+    return Compose(steps, map_items=False)

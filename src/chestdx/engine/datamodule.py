@@ -1,0 +1,116 @@
+"""The Lightning DataModule for 2D image tasks: sources -> samples -> splits -> cached datasets."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from chestdx.config import Recipe
+from chestdx.data.datasets import SliceDataset
+from chestdx.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def load_samples(sources: Sequence[str | Path], recipe: Recipe, check: bool = True) -> list[Any]:
+    """Read every source's layout, join the sites and give a split to samples that have none.
+
+    Samples without a split get a seeded, patient-grouped, class-stratified one
+    (``data.split_fractions``). With ``check``, every file is opened first and all bad files are
+    reported together.
+
+    Raises:
+        DatasetError: no source, an empty source, or unreadable files (all listed).
+    """
+    from chestdx.data.layouts import check_samples, load_sources
+    from chestdx.data.splits import patient_split
+
+    if not sources:
+        raise DatasetError("no data given: pass --data FOLDER_OR_CSV (one per site)")
+    samples = load_sources([str(s) for s in sources], tuple(recipe.data.class_names))
+    if any(s.split is None for s in samples):
+        samples = patient_split(samples, tuple(recipe.data.split_fractions), seed=recipe.seed)
+    if check:
+        check_samples(samples, read=True)
+    return samples
+
+
+class ChestDataModule(L.LightningDataModule):
+    """Train / val / test loaders over one or several sites.
+
+    Args:
+        recipe: the recipe (its ``data`` section and seed are used).
+        samples: records with ``split`` set (see :func:`load_samples`).
+    """
+
+    def __init__(self, recipe: Recipe, samples: Sequence[Any]):
+        super().__init__()
+        self.recipe = recipe
+        self.cfg = recipe.data
+        self.samples = list(samples)
+        self.site_names = sorted({s.site for s in self.samples})
+        self._datasets: dict[str, SliceDataset] = {}
+        for split in ("train", "val"):
+            if not self.split_samples(split):
+                raise DatasetError(f"the data has no '{split}' images; counts: {self.summary()}")
+
+    def split_samples(self, split: str) -> list[Any]:
+        return [s for s in self.samples if s.split == split]
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class, ``(K,)``."""
+        c = Counter(s.label for s in self.split_samples("train"))
+        return [c.get(k, 0) for k in range(self.cfg.num_classes)]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per split, class and site (written into the run folder)."""
+        out: dict[str, Any] = {}
+        for s in self.samples:
+            key = s.split or "none"
+            d = out.setdefault(key, {"total": 0, "per_class": {}, "per_site": {}})
+            d["total"] += 1
+            name = self.cfg.class_names[s.label]
+            d["per_class"][name] = d["per_class"].get(name, 0) + 1
+            d["per_site"][s.site] = d["per_site"].get(s.site, 0) + 1
+        return out
+
+    def dataset(self, split: str, train: bool | None = None) -> SliceDataset:
+        key = f"{split}:{train}"
+        if key not in self._datasets:
+            self._datasets[key] = SliceDataset(
+                self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,
+                site_names=self.site_names,
+            )
+        return self._datasets[key]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        g = torch.Generator()
+        g.manual_seed(self.recipe.seed)
+        ds = self.dataset(split)
+        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle,
+                          num_workers=self.cfg.num_workers, worker_init_fn=_seed_worker, generator=g,
+                          drop_last=shuffle and len(ds) > self.cfg.batch_size,
+                          persistent_workers=self.cfg.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

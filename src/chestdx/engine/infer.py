@@ -1,0 +1,106 @@
+"""Inference procedures: how a trained model answers (plain forward, CAM-directed voting, ...).
+
+Every procedure takes the model and a batch of images ``(B, C, H, W)`` and returns an
+:class:`InferenceResult` with probabilities ``(B, K)`` (after any voting) and extra per-image details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from chestdx.errors import ConfigError
+from chestdx.models import ChestModel
+
+
+@dataclass
+class InferenceResult:
+    """``probs (B, K)`` the procedure's answer; ``details`` per-image extras (e.g. voting flips)."""
+
+    probs: Tensor
+    details: dict[str, Tensor] = field(default_factory=dict)
+
+
+_PROCEDURES: dict[str, Callable[..., InferenceResult]] = {}
+
+
+def register_procedure(name: str) -> Callable[[Callable[..., InferenceResult]], Callable[..., InferenceResult]]:
+    def deco(fn: Callable[..., InferenceResult]) -> Callable[..., InferenceResult]:
+        _PROCEDURES[name] = fn
+        return fn
+
+    return deco
+
+
+def procedure_names() -> list[str]:
+    return sorted(_PROCEDURES)
+
+
+@register_procedure("plain")
+def plain(model: ChestModel, images: Tensor) -> InferenceResult:
+    """One forward pass, softmax."""
+    with torch.no_grad():
+        return InferenceResult(model(images).probs)
+
+
+@register_procedure("cam_voting")
+def cam_voting_procedure(model: ChestModel, images: Tensor, **params: Any) -> InferenceResult:
+    """CAM-directed test-time voting (cam-snapmix paper, Sec. 3.3): the label may flip.
+
+    The flipped image's probabilities are mirrored (p -> 1 - p for the binary task) so that the
+    argmax is the voted label while AUC still sees a graded score.
+    """
+    from chestdx.explain.voting import cam_voting
+
+    res = cam_voting(model, images, **params)
+    with torch.no_grad():
+        probs = model(images).probs
+    flipped = res.flipped.bool()
+    if probs.shape[1] == 2:
+        probs = torch.where(flipped[:, None], probs.flip(1), probs)
+    else:
+        onehot = torch.nn.functional.one_hot(res.label.long(), probs.shape[1]).to(probs)
+        probs = torch.where(flipped[:, None], onehot, probs)
+    return InferenceResult(probs, {"flipped": res.flipped, "vote_probs": res.probs})
+
+
+def run_procedure(name: str, params: dict[str, Any], model: ChestModel, images: Tensor) -> InferenceResult:
+    """Apply the named procedure.
+
+    Raises:
+        ConfigError: unknown procedure.
+    """
+    if name not in _PROCEDURES:
+        raise ConfigError(f"unknown inference procedure '{name}'; choose one of {procedure_names()}")
+    return _PROCEDURES[name](model, images, **params)
+
+
+def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plain",
+                   params: dict[str, Any] | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+    """Run a procedure over a loader of dataset items.
+
+    Returns:
+        ``probs (N, K)``, ``label (N,)``, ``site (N,)``, ``index (N,)`` and any per-image details,
+        as numpy arrays in loader order.
+    """
+    model.eval()
+    cols: dict[str, list[np.ndarray]] = {}
+    it: Any = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc=f"predict ({procedure})", unit="batch")
+    for batch in it:
+        res = run_procedure(procedure, params or {}, model, batch["image"])
+        cols.setdefault("probs", []).append(res.probs.float().cpu().numpy())
+        for key in ("label", "site", "index"):
+            cols.setdefault(key, []).append(batch[key].cpu().numpy())
+        for key, v in res.details.items():
+            cols.setdefault(key, []).append(v.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in cols.items()}

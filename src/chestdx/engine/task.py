@@ -1,0 +1,140 @@
+"""The one LightningModule every recipe trains with.
+
+The recipe chooses the parts (model, objectives, mixing, optimiser); this module only wires them:
+
+    batch -> [mixer] -> model -> ModelOutput -> sum_i w_i * objective_i -> loss
+
+Validation computes plain cross-entropy, accuracy and AUC on the unmixed validation images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from chestdx.config import Recipe
+from chestdx.mixing import build_mixer
+from chestdx.models import ChestModel, ModelOutput, build_model
+from chestdx.objectives import build_objective
+
+
+class ChestTask(L.LightningModule):
+    """Train any chestdx classifier from its recipe.
+
+    Args:
+        recipe: the resolved recipe.
+        class_counts: training images per class ``(K,)`` (for class-weighted losses).
+        in_chans: input channels of the images (1 for grey CT / X-ray).
+    """
+
+    def __init__(self, recipe: Recipe | dict[str, Any], class_counts: Sequence[int] | None = None,
+                 in_chans: int = 1):
+        super().__init__()
+        if isinstance(recipe, dict):
+            from chestdx.config import validate_recipe
+
+            recipe = validate_recipe(recipe)
+        self.recipe = recipe
+        self.save_hyperparameters({"recipe": recipe.model_dump(mode="json"),
+                                   "class_counts": list(class_counts) if class_counts else None,
+                                   "in_chans": in_chans})
+        k = recipe.data.num_classes
+        self.model: ChestModel = build_model(recipe.model, num_classes=k, in_chans=in_chans)
+        self.objective_names = [o.name for o in recipe.objectives]
+        self.objective_weights = [o.weight for o in recipe.objectives]
+        self.objectives = nn.ModuleList(
+            build_objective(o.name, o.params, k, class_counts) for o in recipe.objectives
+        )
+        self.mixer = (build_mixer(recipe.mixing.name, recipe.mixing.prob, recipe.mixing.params, k)
+                      if recipe.mixing else None)
+        self._val_probs: list[Tensor] = []
+        self._val_labels: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        return self.model(x)
+
+    def compute_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], ModelOutput]:
+        """Weighted objectives on one (possibly mixed) batch.
+
+        Returns:
+            total loss, each weighted term by name, and the model output.
+        """
+        out = self.model(batch["image"])
+        terms = {}
+        for name, w, term in zip(self.objective_names, self.objective_weights, self.objectives, strict=True):
+            value = term(self.model, out, batch)
+            terms[name] = terms.get(name, 0) + w * value
+        total = sum(terms.values())
+        return total, terms, out  # type: ignore[return-value]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        k = self.recipe.data.num_classes
+        batch = dict(batch)
+        batch["target"] = F.one_hot(batch["label"], k).float()
+        if self.mixer is not None:
+            batch = self.mixer(self.model, batch)
+        loss, terms, _ = self.compute_losses(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {batch_idx} "
+                f"(terms: { {n: float(v) for n, v in terms.items()} }); lower optim.lr or check the data"
+            )
+        bs = batch["image"].shape[0]
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
+        if len(terms) > 1:
+            for n, v in terms.items():
+                self.log(f"train_{n}", v, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self.model(batch["image"])
+        self._val_probs.append(out.probs.detach().cpu())
+        self._val_labels.append(batch["label"].detach().cpu())
+        loss = F.cross_entropy(out.logits.float(), batch["label"])
+        self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=batch["image"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_probs:
+            return
+        probs = torch.cat(self._val_probs)
+        labels = torch.cat(self._val_labels)
+        self._val_probs.clear()
+        self._val_labels.clear()
+        acc = (probs.argmax(1) == labels).float().mean()
+        self.log("val_acc", acc, prog_bar=True)
+        self.log("val_auc", _auc(probs, labels, self.recipe.data.num_classes))
+
+    def configure_optimizers(self) -> Any:
+        o = self.recipe.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        if o.name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                                         weight_decay=o.weight_decay)
+        elif o.name == "adamw":
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.scheduler == "cosine":
+            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.recipe.trainer.epochs)
+        elif o.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
+        else:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def _auc(probs: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Macro one-vs-rest AUROC; NaN when a class is missing from the labels."""
+    from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+
+    if len(torch.unique(labels)) < 2:
+        return torch.tensor(float("nan"))
+    if k == 2:
+        return binary_auroc(probs[:, 1], labels)
+    return multiclass_auroc(probs, labels, num_classes=k, average="macro")

@@ -1,0 +1,62 @@
+"""Models: one interface (:class:`ChestModel` -> :class:`ModelOutput`) for every architecture.
+
+:func:`build_model` turns a recipe's ``model`` section into a network. New architectures register
+a builder with :func:`register_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from chestdx.errors import ConfigError
+from chestdx.models.backbones import backbone_names, build_resnet, imagenet_weight_file
+from chestdx.models.base import ChestModel, ModelOutput
+from chestdx.models.classifier import ResNetMLP
+
+_BUILDERS: dict[str, Callable[..., ChestModel]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., ChestModel]], Callable[..., ChestModel]]:
+    """Decorator: make a builder ``f(cfg: ModelConfig, num_classes, in_chans) -> ChestModel`` known."""
+
+    def deco(fn: Callable[..., ChestModel]) -> Callable[..., ChestModel]:
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def model_names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_model(cfg: Any, num_classes: int, in_chans: int = 1) -> ChestModel:
+    """Build the network a recipe's ``model`` section describes.
+
+    Raises:
+        ConfigError: unknown model name (lists the known ones).
+        WeightsNotFoundError: pretrained weights asked for but absent.
+    """
+    if cfg.name not in _BUILDERS:
+        raise ConfigError(f"unknown model '{cfg.name}'; choose one of {model_names()}")
+    return _BUILDERS[cfg.name](cfg, num_classes=num_classes, in_chans=in_chans)
+
+
+@register_model("resnet_mlp")
+def _resnet_mlp(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    return ResNetMLP(num_classes, cfg.backbone, in_chans, cfg.weights, cfg.head_hidden, cfg.dropout,
+                     **cfg.params)
+
+
+__all__ = [
+    "ChestModel",
+    "ModelOutput",
+    "ResNetMLP",
+    "backbone_names",
+    "build_model",
+    "build_resnet",
+    "imagenet_weight_file",
+    "model_names",
+    "register_model",
+]
