@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 def real_data_root() -> Path | None:
     """``$CHESTDX_DATA`` or ``../shared/data`` next to the repository, where it exists."""
     env = os.environ.get("CHESTDX_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    candidates = [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
     for c in candidates:
         if c.is_dir():
             return c
@@ -28,3 +29,17 @@ def real_data() -> Path:
     if root is None:
         pytest.skip("real data absent: set CHESTDX_DATA or place shared/data next to the repository")
     return root
+
+
+@pytest.fixture(scope="session")
+def phantom_slices(tmp_path_factory) -> Path:
+    """A tiny 3-class, 2-site phantom (manifest path), made once per test session."""
+    from chestdx.data.phantom import synthesize_slices
+
+    out = tmp_path_factory.mktemp("phantom")
+    return Path(synthesize_slices(out, n_patients_per_class=5, slices_per_patient=2, num_classes=3,
+                                  sites=2, size=64, seed=0))
+
+
+TINY = ["data.image_size=32", "trainer.epochs=1", "data.batch_size=8", "model.head_hidden=16"]
+"""Overrides that make the demo recipe train in seconds."""
