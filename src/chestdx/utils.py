@@ -47,9 +47,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _finite(obj: Any) -> Any:
+    """Replace NaN / inf floats by None, recursively, so the JSON stays strict."""
+    if isinstance(obj, float) or isinstance(obj, np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    return obj
+
+
 def to_json(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` that accepts numpy scalars/arrays, tensors and paths."""
-    return json.dumps(obj, default=_json_default, **kwargs)
+    """Strict ``json.dumps`` (NaN and inf become null) that accepts numpy values, tensors and paths."""
+    return json.dumps(_finite(obj), default=_json_default, allow_nan=False, **kwargs)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
