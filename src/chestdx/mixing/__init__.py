@@ -60,4 +60,6 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
-__all__ = ["build_mixer", "mixer_names", "register_mixer"]
+from chestdx.mixing.box import snapmix, snapmix_weights  # noqa: E402  (after the registry: import cycle)
+
+__all__ = ["build_mixer", "mixer_names", "register_mixer", "snapmix", "snapmix_weights"]

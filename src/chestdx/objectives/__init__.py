@@ -134,11 +134,16 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
+from chestdx.objectives.contrastive import supcon_loss  # noqa: E402  (after the registry: import cycle)
+from chestdx.objectives.patch_contrastive import cpe_loss  # noqa: E402
+
 __all__ = [
     "CrossEntropy",
     "build_objective",
+    "cpe_loss",
     "inverse_frequency_weights",
     "objective_names",
     "register_objective",
     "soft_cross_entropy",
+    "supcon_loss",
 ]

@@ -1,0 +1,141 @@
+"""Class activation maps for any :class:`~chestdx.models.ChestModel`, without hooks.
+
+How CAM is defined here (cam-snapmix-cpe-tta-covid-ct.txt, Sec. 3, "the heatmaps produced by the
+CAM method"). Zhou et al.'s CAM needs a linear classifier on globally pooled features:
+``CAM_c(x, y) = sum_k w_ck F_k(x, y)``. The paper's baseline has an MLP head, for which that formula
+does not exist, so chestdx uses the gradient form (Grad-CAM, Selvaraju et al.)::
+
+    CAM_c(x, y) = ReLU( sum_k alpha_k F_k(x, y) ),   alpha_k = sum_{x', y'} d logit_c / d F_k(x', y')
+
+``alpha_k`` is Grad-CAM's position-averaged gradient times the number of positions ``h * w`` (a
+constant per resolution, chosen so that the two definitions coincide): for a GAP + linear head
+``d logit_c / d F_k(x, y) = w_ck / (h w)``, hence ``alpha_k = w_ck`` and the map is exactly
+``ReLU(sum_k w_ck F_k)``, the classic CAM clipped at zero. For an MLP head it is Grad-CAM.
+
+The gradient is taken with ``torch.autograd.grad`` with respect to a detached copy of the features
+only: no hooks are registered (nothing piles up in a long-running service), the model's parameters
+never receive ``.grad``, and callers inside ``torch.no_grad()`` are fine (grad is enabled locally).
+The model's train / eval mode is left as the caller set it (inference callers use ``eval()``;
+SnapMix computes its CAMs in training mode, as its reference implementation does).
+
+Maps are returned raw (non-negative, unnormalised): SnapMix and the patch losses use ratios of CAM
+mass, which any per-image scale leaves unchanged. :func:`normalize_maps` rescales to ``[0, 1]`` for
+display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from chestdx.models.base import ChestModel, ModelOutput
+
+
+def _as_target(target: Tensor | int | Sequence[int] | None, logits: Tensor) -> Tensor:
+    b = logits.shape[0]
+    if target is None:
+        return logits.detach().argmax(dim=1)
+    t = torch.as_tensor(target, device=logits.device)
+    if t.ndim == 0:
+        t = t.expand(b)
+    elif t.ndim == 2:  # soft targets (B, K): their argmax
+        t = t.argmax(dim=1)
+    if t.shape != (b,):
+        raise ValueError(f"target must be an int, (B,) labels or (B, K) soft targets; got shape "
+                         f"{tuple(t.shape)} for a batch of {b}")
+    t = t.long()
+    k = logits.shape[1]
+    if bool(((t < 0) | (t >= k)).any()):
+        raise ValueError(f"target classes must lie in [0, {k}); got {t.tolist()}")
+    return t
+
+
+def cam_from_features(model: ChestModel, features: Tensor,
+                      target: Tensor | int | Sequence[int] | None = None) -> Tensor:
+    """CAM at feature resolution from precomputed features.
+
+    Args:
+        model: a :class:`~chestdx.models.ChestModel` (needs ``forward_head``).
+        features: ``(B, C, h, w)`` (or ``(B, C, d, h, w)``) output of ``model.forward_features``;
+            it is detached here, so no gradient flows back into the caller's graph.
+        target: the class whose map is wanted: ``None`` (the predicted class), an int, ``(B,)``
+            labels, or ``(B, K)`` soft targets (their argmax).
+
+    Returns:
+        ``(B, h, w)`` (or ``(B, d, h, w)``) non-negative float32 maps,
+        ``ReLU(sum_k alpha_k F_k)`` with ``alpha_k = sum over positions of d logit_target / d F_k``
+        (exactly Zhou et al.'s CAM for a GAP + linear head, Grad-CAM for an MLP head).
+
+    Raises:
+        ValueError: a target outside ``[0, K)`` or of the wrong shape.
+    """
+    with torch.enable_grad():
+        f = features.detach().requires_grad_(True)
+        logits, _ = model.forward_head(f)
+        t = _as_target(target, logits)
+        score = logits.float().gather(1, t[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, f)
+    spatial = tuple(range(2, f.ndim))
+    alpha = grad.float().sum(dim=spatial, keepdim=True)  # (B, C, 1, 1)
+    maps = (alpha * f.detach().float()).sum(dim=1)
+    return F.relu(maps)
+
+
+def upsample_map(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear (trilinear for 3D) resize of maps ``(B, h, w)`` to ``(B, *size)``.
+
+    ``align_corners=False``, so the interpolation weights are non-negative and a non-negative map
+    stays non-negative.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(maps.shape[1:]) == size:
+        return maps
+    mode = {2: "bilinear", 3: "trilinear"}.get(len(size))
+    if mode is None or maps.ndim != len(size) + 1:
+        raise ValueError(f"upsample_map: maps of shape {tuple(maps.shape)} cannot go to size {size}")
+    return F.interpolate(maps[:, None].float(), size=size, mode=mode, align_corners=False)[:, 0]
+
+
+def normalize_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
+    """Min-max rescale each map of ``(B, ...)`` to ``[0, 1]``; a constant map becomes all zeros."""
+    flat = maps.float().flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > eps, (flat - lo) / span.clamp(min=eps), torch.zeros_like(flat))
+    return out.view_as(maps)
+
+
+def cam(model: ChestModel, images: Tensor, target: Tensor | int | Sequence[int] | None = None,
+        out: ModelOutput | None = None) -> Tensor:
+    """CAM of ``target`` at input resolution.
+
+    With the paper's baseline (ResNet-50 + MLP head) this is Grad-CAM, since Zhou's CAM formula
+    needs a linear head; with a linear head (``head_hidden=0``) it is exactly CAM,
+    ``ReLU(sum_k w_ck F_k)``, bilinearly upsampled.
+
+    Args:
+        model: a :class:`~chestdx.models.ChestModel`.
+        images: ``(B, C, H, W)``.
+        target: ``None`` (the predicted class), an int, ``(B,)`` labels or ``(B, K)`` soft targets.
+        out: the model's output on ``images`` if the caller already has it (its ``features`` are
+            reused, detached; no second backbone pass).
+
+    Returns:
+        ``(B, H, W)`` non-negative raw maps (see the module docstring for the definition).
+    """
+    if out is not None and out.features is not None:
+        feats = out.features
+        if target is None:
+            target = out.logits.detach().argmax(dim=1)
+    else:
+        with torch.no_grad():
+            feats = model.forward_features(images)
+    maps = cam_from_features(model, feats, target)
+    return upsample_map(maps, images.shape[2:])
+
+
+__all__ = ["cam", "cam_from_features", "normalize_maps", "upsample_map"]
