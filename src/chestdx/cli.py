@@ -18,10 +18,10 @@ from chestdx import __version__
 from chestdx.errors import ChestdxError
 
 
-def _recipe_from_args(args: argparse.Namespace) -> Any:
-    from chestdx.config import load_recipe, parse_overrides
+def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe overrides given by the shortcut flags and ``--set KEY=VALUE``."""
+    from chestdx.config import deep_merge, parse_overrides
 
-    over = parse_overrides(args.set or [])
     flat = {
         "trainer.epochs": args.epochs, "data.image_size": args.image_size, "model.backbone": args.backbone,
         "model.weights": args.weights, "data.batch_size": args.batch_size, "optim.lr": args.lr,
@@ -30,9 +30,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
         "trainer.precision": args.precision, "data.num_workers": args.num_workers,
     }
     items = [f"{k}={v}" for k, v in flat.items() if v is not None]
-    from chestdx.config import _deep_merge
-
-    return load_recipe(args.recipe, _deep_merge(parse_overrides(items), over))
+    return deep_merge(parse_overrides(items), parse_overrides(args.set or []))
 
 
 def _add_train_overrides(p: argparse.ArgumentParser) -> None:
@@ -78,9 +76,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from chestdx.config import load_recipe
     from chestdx.engine.train import train
 
-    recipe = _recipe_from_args(args)
+    recipe = load_recipe(args.recipe, _overrides_from_args(args))
     run = train(recipe, args.data or [], args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {run.path} (best checkpoint {run.checkpoint('best').name})")
     return 0
@@ -146,6 +145,16 @@ def _expand_inputs(inputs: Sequence[str]) -> list[str]:
     return out
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from chestdx.evaluate.table import run_table
+
+    over = _overrides_from_args(args)
+    table = run_table(args.recipes, args.data, args.out, seeds=args.seeds, overrides=over,
+                      n_boot=args.n_boot, progress=not args.no_progress)
+    print(table)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from chestdx.demo import run_demo
 
@@ -204,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.set_defaults(func=cmd_predict)
 
+    s = sub.add_parser("table", help="train recipes x seeds, evaluate per site, write a paper-style table")
+    s.add_argument("recipes", nargs="+", help="recipe names or paths (the table's rows)")
+    s.add_argument("--data", nargs="+", required=True, help="one folder / CSV per site")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--n-boot", type=int, default=200)
+    s.add_argument("--no-progress", action="store_true")
+    _add_train_overrides(s)
+    s.set_defaults(func=cmd_table)
+
     s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")
     s.add_argument("--out", default="demo_out")
     s.add_argument("--quick", action="store_true", help="a smaller, faster demo (for tests)")
@@ -219,7 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        import warnings
+
+        for pattern in (".*smaller than the logging interval.*", ".*LeafSpec.*", ".*does not have many workers.*"):
+            warnings.filterwarnings("ignore", message=pattern)
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)

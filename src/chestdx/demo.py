@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from pathlib import Path
@@ -69,14 +68,14 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
     wall = time.time() - t0
     overall = result["overall"]
     summary = (
-        f"<p>Phantom: 3 classes x {patients} patients x 2 sites, 2 slices each; recipe <b>demo</b> "
-        f"({html.escape(recipe.description)}), {recipe.trainer.epochs} epochs. Test images: "
+        f"Phantom: 3 classes x {patients} patients x 2 sites, 2 slices each; recipe **demo** "
+        f"({recipe.description}), {recipe.trainer.epochs} epochs. Test images: "
         f"{result['n_images']}. Accuracy {100 * overall['accuracy']['value']:.1f}%, macro F1 "
         f"{100 * overall['macro_f1']['value']:.1f}%. Training {t_train:.0f} s, whole demo {wall:.0f} s "
-        f"on this machine.</p>"
+        f"on this machine. Heatmaps are CAM (Grad-CAM through the MLP head) of the predicted class."
     )
     md = metrics_report_markdown(result, "demo")
-    sections = [("Summary", summary), ("Metrics (95% bootstrap intervals)", f"<pre>{html.escape(md)}</pre>")]
+    sections = [("Summary", summary), ("Metrics (95% bootstrap intervals)", md)]
     figs = [("Confusion matrix (test)", out / "eval" / "confusion_matrix.png"),
             ("ROC (test, one-vs-rest)", out / "eval" / "roc.png"),
             ("Training curves", out / "eval" / "training_curves.png")] + images

@@ -7,7 +7,8 @@
       samples.csv          every image with its label, site, patient and split (the exact split used)
       data.json            sources, class names, site names, counts per split/class/site
       checkpoints/best.ckpt, checkpoints/last.ckpt
-      metrics.csv          per-epoch metrics (Lightning's CSV logger); history.json the same as JSON
+      history.json         per-epoch metrics (kept across --resume); logs/version_N/metrics.csv
+                           Lightning's CSV log of each (resumed) session
       train.json           wall time, epochs run, best score, chestdx version
 """
 

@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class _History(Callback):
-    """Write ``history.json`` (one dict per epoch) atomically after every validation."""
+    """Write ``history.json`` (one dict per epoch, train and val metrics) atomically after every epoch.
+
+    In Lightning 2 validation runs before ``on_train_epoch_end``, so both are known here.
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -36,9 +39,7 @@ class _History(Callback):
 
             self.rows = json.loads(path.read_text())
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         row = {"epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
@@ -93,7 +94,7 @@ def train(recipe: Recipe, sources: Sequence[str | Path], out: str | Path, *, res
     kwargs: dict[str, Any] = dict(
         max_epochs=tc.epochs, accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
         strategy=tc.strategy, precision=tc.precision, gradient_clip_val=tc.gradient_clip,
-        callbacks=callbacks, logger=CSVLogger(out, name="", version=""),
+        callbacks=callbacks, logger=CSVLogger(out, name="logs"),
         plugins=[AtomicCheckpointIO()], enable_progress_bar=progress, enable_model_summary=False,
         log_every_n_steps=tc.log_every_n_steps, default_root_dir=out, deterministic=False,
         num_sanity_val_steps=0,

@@ -1,0 +1,121 @@
+"""End to end through the CLI, in-process: train, resume, evaluate, predict, bad data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from chestdx.cli import main
+from chestdx.config import load_recipe
+from chestdx.engine.checkpointing import AtomicCheckpointIO
+from chestdx.engine.run import Run
+from chestdx.engine.train import train
+from chestdx.errors import RunError
+from tests.conftest import TINY
+
+
+def _set(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+def test_train_evaluate_predict_cli(phantom_slices, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", "demo", "--data", str(phantom_slices), "--out", str(run), "--no-progress",
+               *_set(TINY)])
+    assert rc == 0
+    for f in ("recipe.yaml", "samples.csv", "data.json", "history.json", "train.json",
+              "logs/version_0/metrics.csv",
+              "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run / f).is_file(), f
+    data = json.loads((run / "data.json").read_text())
+    assert data["class_names"] == ["normal", "pneumonia", "covid"]
+    assert len(data["site_names"]) == 2
+
+    rc = main(["evaluate", str(run), "--n-boot", "50", "--aggregate", "mean", "--no-progress"])
+    assert rc == 0
+    ev = run / "eval-test"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert set(metrics) >= {"overall", "sites", "patient"}
+    assert 0 <= metrics["overall"]["accuracy"]["value"] <= 1
+    for f in ("metrics.md", "predictions.csv", "confusion_matrix.png", "roc.png"):
+        assert (ev / f).stat().st_size > 0, f
+
+    test_imgs = [s.path for s in Run(run).samples() if s.split == "test"][:3]
+    capsys.readouterr()
+    rc = main(["predict", str(run), *test_imgs, "--cam", str(tmp_path / "cams")])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert rc == 0 and len(lines) == 3
+    assert abs(sum(lines[0]["probs"].values()) - 1) < 1e-4
+    assert lines[0]["label"] in ("normal", "pneumonia", "covid")
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 3
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    rc = main(["predict", str(run), test_imgs[0], str(bad)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert len(captured.out.strip().splitlines()) == 1  # the good file is still answered
+    assert "bad.png" in captured.err
+
+
+def test_refuses_to_overwrite_and_resumes(phantom_slices, tmp_path):
+    run = tmp_path / "run"
+    recipe = load_recipe("demo", TINY)
+    train(recipe, [phantom_slices], run, progress=False)
+    step1 = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    with pytest.raises(RunError, match="--resume"):
+        train(recipe, [phantom_slices], run, progress=False)
+    # continue the interrupted schedule up to 2 epochs
+    recipe2 = load_recipe("demo", [*TINY[:1], "trainer.epochs=2", *TINY[2:]])
+    train(recipe2, [], run, resume=True, progress=False)
+    hist = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [0, 1]
+    ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck["epoch"] == 1 and ck["global_step"] == 2 * step1
+    with pytest.raises(RunError, match="no .*last.ckpt"):
+        train(recipe2, [], tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_training_moves_the_metric(tmp_path):
+    """A few epochs on the phantom: training loss falls and validation accuracy beats chance."""
+    from chestdx.data.phantom import synthesize_slices
+
+    data = synthesize_slices(tmp_path / "data", n_patients_per_class=16, slices_per_patient=2,
+                             num_classes=3, sites=1, size=64, seed=1)
+    recipe = load_recipe("demo", ["data.image_size=48", "trainer.epochs=8", "data.batch_size=16"])
+    run = train(recipe, [data], tmp_path / "run", progress=False)
+    hist = json.loads((run.path / "history.json").read_text())
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] * 0.9
+    assert max(h["val_acc"] for h in hist) > 0.5  # chance is 1/3
+
+
+def test_bad_files_all_reported_before_training(phantom_slices, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_slices.parent, data)
+    imgs = sorted((data / "images").glob("*.png"))
+    imgs[0].write_bytes(b"")
+    imgs[1].write_bytes(b"garbage")
+    rc = main(["train", "demo", "--data", str(data / "manifest.csv"), "--out", str(tmp_path / "run"),
+               "--no-progress", *_set(TINY)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert imgs[0].name in err and imgs[1].name in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_atomic_checkpoint_keeps_previous_file_on_failure(tmp_path):
+    io = AtomicCheckpointIO()
+    p = tmp_path / "last.ckpt"
+    io.save_checkpoint({"a": 1}, p)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"a": Unpicklable()}, p)
+    assert torch.load(p, weights_only=False) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [p]
