@@ -43,3 +43,19 @@ def phantom_slices(tmp_path_factory) -> Path:
 
 TINY = ["data.image_size=32", "trainer.epochs=1", "data.batch_size=8", "model.head_hidden=16"]
 """Overrides that make the demo recipe train in seconds."""
+
+
+@pytest.fixture(scope="session")
+def phantom_binary(tmp_path_factory) -> Path:
+    """A tiny binary (noncovid / covid), 2-site phantom (manifest path)."""
+    from chestdx.data.phantom import synthesize_slices
+
+    out = tmp_path_factory.mktemp("phantom2")
+    return Path(synthesize_slices(out, n_patients_per_class=6, slices_per_patient=2, num_classes=2,
+                                  sites=2, size=64, seed=3))
+
+
+CAM_TINY = {"data": {"image_size": 64, "batch_size": 8}, "trainer": {"epochs": 1},
+            "model": {"backbone": "resnet18", "weights": "none", "head_hidden": 16},
+            "optim": {"name": "adam", "lr": 1e-3}}
+"""Overrides that shrink the cam-snapmix paper recipes (ResNet-50, 224 px, ImageNet) to seconds."""

@@ -155,6 +155,17 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep_voting(args: argparse.Namespace) -> int:
+    from chestdx.evaluate.voting_sweep import sweep_voting
+
+    rows = sweep_voting(args.run, ks=args.k, thetas=args.theta, split=args.split, out=args.out, cell=args.cell)
+    print("| parameter | k | theta | site | accuracy | F1 |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['parameter']} | {r['k']} | {r['theta']:g} | {r['site']} | {100 * r['accuracy']:.2f} "
+              f"| {100 * r['f1']:.2f} |")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from chestdx.demo import run_demo
 
@@ -222,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     _add_train_overrides(s)
     s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("sweep-voting", help="Figure 3 of the cam-snapmix paper: voting accuracy vs k and theta")
+    s.add_argument("run")
+    s.add_argument("--k", type=int, nargs="+", default=[1, 5, 11, 21, 31])
+    s.add_argument("--theta", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4])
+    s.add_argument("--cell", type=int, help="cell side in px (default: the recipe's, 8 at 224 px)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--out", help="output folder (default RUN/voting-sweep)")
+    s.set_defaults(func=cmd_sweep_voting)
 
     s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")
     s.add_argument("--out", default="demo_out")

@@ -206,11 +206,11 @@ def _read_yaml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
     return data, origin
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -251,10 +251,10 @@ def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | Iterabl
         if base_origin in seen:
             raise ConfigError(f"{origin}: recipe 'base' chain loops at {base_name}")
         seen.add(base_origin)
-        data = _deep_merge(base, data)
+        data = deep_merge(base, data)
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
-    data = _deep_merge(data, overrides)
+    data = deep_merge(data, overrides)
     return validate_recipe(data, origin)
 
 

@@ -43,8 +43,9 @@ def procedure_names() -> list[str]:
 
 
 @register_procedure("plain")
-def plain(model: ChestModel, images: Tensor) -> InferenceResult:
-    """One forward pass, softmax."""
+def plain(model: ChestModel, images: Tensor, **_ignored: Any) -> InferenceResult:
+    """One forward pass, softmax. Parameters of other procedures are ignored (a table may set
+    ``inference.params`` for all its rows, voting and plain alike)."""
     with torch.no_grad():
         return InferenceResult(model(images).probs)
 

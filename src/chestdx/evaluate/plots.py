@@ -31,13 +31,15 @@ __all__ = [
 ]
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure on the Agg canvas (no pyplot, no global backend change)."""
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save_figure(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as PNG atomically; returns the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     path = Path(path)
@@ -76,7 +78,7 @@ def plot_confusion_matrix(
         rows = m.sum(axis=1, keepdims=True)
         m = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     size = 1.2 + 0.9 * k
-    fig = _new_figure(size + 1.2, size)
+    fig = new_figure(size + 1.2, size)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalize else max(m.max(), 1))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -91,7 +93,7 @@ def plot_confusion_matrix(
         for j in range(k):
             text = f"{m[i, j]:.2f}" if normalize else f"{int(round(m[i, j]))}"
             ax.text(j, i, text, ha="center", va="center", color="white" if m[i, j] > threshold else "black")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _roc_points(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +128,7 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], path: str | Pa
             :func:`chestdx.evaluate.metrics.validate_predictions`).
     """
     y, p = validate_predictions(y_true, probs, class_names)
-    fig = _new_figure(5.5, 5.0)
+    fig = new_figure(5.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     ones = np.ones((1, y.shape[0]))
@@ -145,7 +147,7 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], path: str | Pa
     ax.set_title("ROC, one-vs-rest")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _as_float(value: Any) -> float:
@@ -191,7 +193,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
     losses = [c for c in columns if "loss" in c.lower()]
     others = [c for c in columns if c not in losses]
     panels = [(title, cols) for title, cols in (("loss", losses), ("metrics", others)) if cols]
-    fig = _new_figure(5.0 * len(panels), 4.0)
+    fig = new_figure(5.0 * len(panels), 4.0)
     for n, (title, cols) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), n)
         for col in cols:
@@ -202,7 +204,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def overlay_heatmap(image: Any, heatmap: Any, alpha: float = 0.4) -> np.ndarray:

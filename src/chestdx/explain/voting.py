@@ -94,6 +94,25 @@ def _masked_copies(images: Tensor, rank: Tensor, counts: Tensor, cell: int, fill
                        images)
 
 
+def binary_votes(p_original: Tensor, p_copies: Tensor, theta: float) -> tuple[Tensor, Tensor]:
+    """The paper's supporting rule and flip decision for the binary task.
+
+    Args:
+        p_original: ``(B,)`` positive-class probability of the whole image.
+        p_copies: ``(B, k)`` positive-class probability of the masked copies.
+        theta: certainty threshold.
+
+    Returns:
+        ``support (B, k)`` bool and ``flipped (B,)`` bool (more than half of the k copies do not
+        support). Used by :func:`cam_voting` and by the k / theta sweep of Figure 3, which re-votes
+        on the first k copies of one run with k_max copies.
+    """
+    is_pos = p_original > 0.5
+    support = torch.where(is_pos[:, None], p_copies >= theta, p_copies < 1 - theta)
+    flipped = (~support).sum(dim=1) * 2 > p_copies.shape[1]
+    return support, flipped
+
+
 def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.2, cell: int = 8,
                chunk: int = 64, positive: int = 1, fill: float = 0.0) -> VotingResult:
     """CAM-directed test-time voting over ``k`` masked copies of each image.
@@ -160,13 +179,13 @@ def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.
 
     if binary:
         p = class_probs[..., positive]
-        support = torch.where(is_pos[:, None], p >= theta, p < 1 - theta)
         orig_p = p_pos0
+        support, flipped = binary_votes(orig_p, p, theta)
     else:
         p = class_probs.gather(2, orig[:, None, None].expand(b, k, 1))[..., 0]
         support = p >= theta
         orig_p = probs0.gather(1, orig[:, None])[:, 0]
-    flipped = (~support).sum(dim=1) * 2 > k
+        flipped = (~support).sum(dim=1) * 2 > k
     if binary:
         other = 1 - orig
     else:
@@ -179,4 +198,4 @@ def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.
                         original_prob=orig_p, class_probs=class_probs, support=support)
 
 
-__all__ = ["VotingResult", "cam_voting", "cell_scores"]
+__all__ = ["VotingResult", "binary_votes", "cam_voting", "cell_scores"]

@@ -1,0 +1,119 @@
+"""Figure 3 of cam-snapmix-cpe-tta-covid-ct.txt: sensitivity of CAM-directed voting to k and theta.
+
+The masked copies are computed once with ``k_max = max(ks)``; every (k, theta) is then re-voted on
+the first k copies with :func:`~chestdx.explain.voting.binary_votes` (copy i masks the i
+highest-CAM cells whatever k is, so this equals running the vote with each k separately).
+
+Writes ``OUT/voting_sweep.csv`` (parameter, value, site, accuracy, f1) and ``OUT/voting_sweep.png``
+(panel a: k at the recipe's theta; panel b: theta at the recipe's k).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from chestdx.data.datasets import SliceDataset
+from chestdx.engine.run import Run
+from chestdx.errors import ConfigError, DatasetError
+from chestdx.explain.voting import binary_votes, cam_voting
+from chestdx.utils import atomic_open
+
+
+def _acc_f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    tp = float(((pred == 1) & (y == 1)).sum())
+    fp = float(((pred == 1) & (y == 0)).sum())
+    fn = float(((pred == 0) & (y == 1)).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return float((pred == y).mean()), f1
+
+
+def sweep_voting(run: Run | str | Path, ks: Sequence[int] = (1, 5, 11, 21, 31),
+                 thetas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4), split: str = "test",
+                 out: str | Path | None = None, cell: int | None = None) -> list[dict[str, Any]]:
+    """Accuracy and F1 (positive class) of the voted labels for each k and each theta, per site.
+
+    Returns:
+        the rows written to ``voting_sweep.csv``; ``k = 0`` / the first row is the unvoted model.
+
+    Raises:
+        ConfigError: not a binary task.
+        DatasetError: empty split.
+    """
+    run = run if isinstance(run, Run) else Run(run)
+    if len(run.class_names) != 2:
+        raise ConfigError("the voting sweep is defined for the binary task (COVID vs non-COVID)")
+    params = dict(run.recipe.inference.params)
+    k_ref, theta_ref = int(params.get("k", 31)), float(params.get("theta", 0.2))
+    cell = cell or int(params.get("cell", 8))
+    samples = [s for s in run.samples() if s.split == split]
+    if not samples:
+        raise DatasetError(f"{run.path}: no '{split}' images")
+    model = run.load_model()
+    ds = SliceDataset(samples, run.recipe.data, train=False, site_names=run.site_names or None, cache=False)
+    k_max = max([*ks, k_ref])
+    p0, pc, ys, sites = [], [], [], []
+    for batch in DataLoader(ds, batch_size=16):
+        res = cam_voting(model, batch["image"], k=k_max, theta=theta_ref, cell=cell)
+        p0.append(res.original_prob)
+        pc.append(res.probs)
+        ys.append(batch["label"])
+        sites.append(batch["site"])
+    p_orig, p_copies = torch.cat(p0), torch.cat(pc)
+    y, site = torch.cat(ys).numpy(), torch.cat(sites).numpy()
+    names = run.site_names or ["all"]
+    groups = {"all sites": np.ones_like(y, dtype=bool)}
+    if len(set(site.tolist())) > 1:
+        groups.update({names[i]: site == i for i in sorted(set(site.tolist()))})
+    rows: list[dict[str, Any]] = []
+    settings = [("none", 0, theta_ref)] + [("k", k, theta_ref) for k in ks] + \
+        [("theta", k_ref, t) for t in thetas]
+    for param, k, theta in settings:
+        orig = (p_orig > 0.5).long()
+        if k == 0:
+            pred = orig
+        else:
+            _, flipped = binary_votes(p_orig, p_copies[:, :k], theta)
+            pred = torch.where(flipped, 1 - orig, orig)
+        pred_np = pred.numpy()
+        for gname, m in groups.items():
+            acc, f1 = _acc_f1(y[m], pred_np[m])
+            rows.append({"parameter": param, "k": k, "theta": theta, "site": gname,
+                         "accuracy": acc, "f1": f1})
+    out = Path(out) if out else run.path / "voting-sweep"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    with atomic_open(out / "voting_sweep.csv", "w", encoding="utf-8", newline="") as f:
+        f.write(buf.getvalue())
+    _plot(rows, groups, k_ref, theta_ref, out / "voting_sweep.png")
+    return rows
+
+
+def _plot(rows: list[dict[str, Any]], groups: dict[str, Any], k_ref: int, theta_ref: float, path: Path) -> None:
+    from chestdx.evaluate.plots import new_figure, save_figure
+
+    fig = new_figure(10, 4)
+    for ax, param, xlabel in ((fig.add_subplot(1, 2, 1), "k", "k (masked copies)"),
+                              (fig.add_subplot(1, 2, 2), "theta", "theta (certainty threshold)")):
+        for g in groups:
+            sel = [r for r in rows if r["parameter"] == param and r["site"] == g]
+            xs = [r[param] for r in sel]
+            ax.plot(xs, [100 * r["accuracy"] for r in sel], "o-", label=f"{g} accuracy")
+            ax.plot(xs, [100 * r["f1"] for r in sel], "s--", label=f"{g} F1")
+            base = next(r for r in rows if r["parameter"] == "none" and r["site"] == g)
+            ax.axhline(100 * base["accuracy"], color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("%")
+        fixed = f"theta = {theta_ref:g}" if param == "k" else f"k = {k_ref}"
+        ax.set_title(f"({'a' if param == 'k' else 'b'}) {fixed}")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)

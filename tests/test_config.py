@@ -1,0 +1,56 @@
+"""Recipes load, validate, merge overrides and fail with clear messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from chestdx.config import load_recipe, parse_overrides, recipe_names
+from chestdx.errors import ConfigError
+
+
+def test_every_shipped_recipe_validates():
+    names = recipe_names()
+    assert "baseline" in names and "demo" in names
+    for name in names:
+        r = load_recipe(name)
+        assert r.name == name
+        assert r.objectives, name
+
+
+def test_base_chain_and_overrides():
+    r = load_recipe("demo", ["optim.lr=0.5", "data.image_size=32", "trainer.epochs=3"])
+    assert r.model.backbone == "resnet18"  # from demo
+    assert r.model.head_hidden == 128
+    assert r.objectives[0].name == "ce"  # inherited from baseline
+    assert (r.optim.lr, r.data.image_size, r.trainer.epochs) == (0.5, 32, 3)
+
+
+def test_parse_overrides_nested_and_typed():
+    assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=none"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "none"}
+    with pytest.raises(ConfigError, match="key.subkey=value"):
+        parse_overrides(["oops"])
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        load_recipe("baseline", ["optim.lrr=1"])
+
+
+def test_bad_value_is_named():
+    with pytest.raises(ConfigError, match=r"data\.image_size"):
+        load_recipe("baseline", ["data.image_size=3"])
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="Did you mean baseline"):
+        load_recipe("baselin")
+
+
+def test_recipe_file_and_round_trip(tmp_path):
+    r = load_recipe("demo")
+    p = tmp_path / "r.yaml"
+    p.write_text(r.to_yaml())
+    assert load_recipe(p) == r
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
