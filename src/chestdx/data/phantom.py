@@ -99,8 +99,8 @@ Z_EXTENT_MM = 300.0
 """Craniocaudal extent of the phantom (thoracic inlet at 0 to upper abdomen at 1), in mm."""
 
 _AIR = -1000.0
-_DENSE_FRAC = (0.08, 0.3)
-_FAINT_FRAC = (0.1, 0.35)
+_DENSE_FRAC = (0.1, 0.3)
+_FAINT_FRAC = (0.12, 0.36)
 _FAT = -100.0
 _MUSCLE = 45.0
 _BLOOD = 40.0
@@ -570,7 +570,9 @@ def sample_patient(rng: np.random.Generator, label: int) -> ChestPhantom:
     dense_px = c["dense_frac"] * plane.lung_px
     faint_px = c["faint_frac"] * plane.lung_px
     if label == 0:
-        c["atel_mm"], c["band_mm"] = plane.dependent_bands(dense_px, faint_px)
+        import os
+        k = float(os.environ.get("NORMAL_K", "1"))
+        c["atel_mm"], c["band_mm"] = plane.dependent_bands(k * dense_px, k * faint_px)
     elif label == 1:
         ph.lesions = _sample_pneumonia(ph, r_les, plane, dense_px, (0.1 + 0.3 * share) * faint_px)
         halo_px = plane.lesion_faint_px(ph.lesions)
@@ -828,16 +830,20 @@ def _splat_tubes(segs: np.ndarray, grid: dict[str, Any], thick_mm: float = 2.0) 
 
 
 @functools.lru_cache(maxsize=32)
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """Linear interpolation ``(n_out, n_in)`` from ``n_in`` coarse samples spanning the same extent."""
+def _interp_index(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights for linear interpolation from ``n_in`` to ``n_out`` samples (same extent)."""
     pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1.0)
-    i0 = np.floor(pos).astype(int)
+    i0 = np.floor(pos).astype(np.intp)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    t = pos - i0
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    m[np.arange(n_out), i0] += 1.0 - t
-    m[np.arange(n_out), i1] += t
-    return m
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+def _upsample_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    i0, i1, t = _interp_index(n_out, a.shape[axis])
+    shape = [1] * a.ndim
+    shape[axis] = n_out
+    t = t.reshape(shape)
+    return np.take(a, i0, axis=axis) * (1.0 - t) + np.take(a, i1, axis=axis) * t
 
 
 def _smooth_noise(r: np.random.Generator, shape: tuple[int, int, int], sigma_vox: Sequence[float]) -> np.ndarray:
@@ -852,7 +858,7 @@ def _smooth_noise(r: np.random.Generator, shape: tuple[int, int, int], sigma_vox
     n = r.standard_normal((D, h, w), dtype=np.float32)
     n = ndimage.gaussian_filter(n, sigma=(sz, sy / f, sx / f), mode="reflect", truncate=3.0)
     if f > 1:
-        n = np.einsum("Yy,dyx,Xx->dYX", _interp_matrix(H, h), n, _interp_matrix(W, w), optimize=True)
+        n = _upsample_axis(_upsample_axis(n, W, 2), H, 1)
     n = np.ascontiguousarray(n, dtype=np.float32)
     n /= float(n.std()) + 1e-8
     return n

@@ -47,18 +47,6 @@ def build_mixer(name: str, prob: float, params: dict[str, Any], num_classes: int
         raise ConfigError(f"mixing '{name}': bad parameters {params}: {e}") from None
 
 
-def _register_builtin() -> None:
-    import importlib
-
-    for mod in ("chestdx.mixing.box",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-
-
-_register_builtin()
 
 from chestdx.mixing.box import snapmix, snapmix_weights  # noqa: E402  (after the registry: import cycle)
 

@@ -120,19 +120,6 @@ def _ce(num_classes: int, class_counts: Sequence[int] | None = None, **params: A
     return CrossEntropy(num_classes, class_counts, **params)
 
 
-def _register_builtin() -> None:
-    """Import modules whose terms register themselves (kept at the end to avoid import cycles)."""
-    import importlib
-
-    for mod in ("chestdx.objectives.patch_contrastive", "chestdx.objectives.contrastive"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-
-
-_register_builtin()
 
 from chestdx.objectives.contrastive import supcon_loss  # noqa: E402  (after the registry: import cycle)
 from chestdx.objectives.patch_contrastive import cpe_loss  # noqa: E402
