@@ -129,14 +129,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _expand_inputs(inputs: Sequence[str]) -> list[str]:
-    from chestdx.data.readers import IMAGE_SUFFIXES
+    from chestdx.data.readers import is_image_file
 
     out: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and
-                           (f.suffix.lower() in IMAGE_SUFFIXES or f.name.endswith(".nii.gz")))
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
             if not found:
                 raise ChestdxError(f"{p}: folder holds no image files")
             out += found
