@@ -47,6 +47,16 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def as_float(value: Any) -> float:
+    """``float(value)``, or NaN for None, booleans and anything not numeric."""
+    if value is None or isinstance(value, bool):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _finite(obj: Any) -> Any:
     """Replace NaN / inf floats by None, recursively, so the JSON stays strict."""
     if isinstance(obj, float) or isinstance(obj, np.floating):

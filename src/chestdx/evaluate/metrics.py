@@ -289,7 +289,7 @@ def _torchmetrics_point(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
 # public API
 # --------------------------------------------------------------------------------------------
 
-_OVERALL = (
+OVERALL_METRICS = (
     "accuracy",
     "macro_precision",
     "macro_recall",
@@ -298,7 +298,7 @@ _OVERALL = (
     "weighted_f1",
     "macro_auc",
 )
-_PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
+PER_CLASS_METRICS = ("precision", "recall", "specificity", "f1", "auc")
 
 
 def _figure(value: float, boot: np.ndarray | None, ci: float) -> dict[str, float]:
@@ -397,14 +397,14 @@ def classification_metrics(
             "seed": int(seed),
         },
     }
-    for key in _OVERALL:
+    for key in OVERALL_METRICS:
         out[key] = _figure(point[key], None if boot is None else boot[key], ci)
     support = np.bincount(y, minlength=k)
     out["per_class"] = {
         name: {
             **{
                 key: _figure(point[key][c], None if boot is None else boot[key][:, c], ci)
-                for key in _PER_CLASS
+                for key in PER_CLASS_METRICS
             },
             "support": int(support[c]),
         }
@@ -414,7 +414,7 @@ def classification_metrics(
     if k == 2:
         pos = 1 if positive is None else int(positive)
         block: dict[str, Any] = {"class": names[pos], "index": pos, "accuracy": dict(out["accuracy"])}
-        for key in _PER_CLASS:
+        for key in PER_CLASS_METRICS:
             block[key] = dict(out["per_class"][names[pos]][key])
         out["positive"] = block
     return out

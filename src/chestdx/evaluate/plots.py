@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from chestdx.evaluate.metrics import MetricInputError, _auc_weighted, validate_predictions
-from chestdx.utils import atomic_open
+from chestdx.utils import as_float, atomic_open
 
 __all__ = [
     "overlay_heatmap",
@@ -150,13 +150,7 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], path: str | Pa
     return save_figure(fig, path)
 
 
-def _as_float(value: Any) -> float:
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+_as_float = as_float
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

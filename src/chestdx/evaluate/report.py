@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from chestdx.errors import DataError
-from chestdx.evaluate.metrics import summarise_seeds
-from chestdx.utils import write_json, write_text
+from chestdx.evaluate.metrics import OVERALL_METRICS, PER_CLASS_METRICS, summarise_seeds
+from chestdx.utils import as_float, write_json, write_text
 
 __all__ = [
     "PLUS_MINUS",
@@ -54,16 +54,8 @@ _LABELS = {
     "weighted_f1": "Weighted F1",
     "macro_auc": "Macro AUC",
 }
-_OVERALL_ROWS = (
-    "accuracy",
-    "macro_precision",
-    "macro_recall",
-    "macro_specificity",
-    "macro_f1",
-    "weighted_f1",
-    "macro_auc",
-)
-_CLASS_COLUMNS = ("precision", "recall", "specificity", "f1", "auc")
+_OVERALL_ROWS = OVERALL_METRICS
+_CLASS_COLUMNS = PER_CLASS_METRICS
 
 
 def _label(key: str) -> str:
@@ -75,13 +67,7 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _number(value: Any) -> float:
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+_number = as_float
 
 
 def _pct(value: Any) -> str:
