@@ -101,7 +101,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.backbone, args.size, args.steps = "resnet18", 64, 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     m = bench_model(args.backbone, args.size, args.batch, args.steps)
     d = bench_loading(10 if args.quick else 50, args.size)
     print(f"| what ({args.backbone}, {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads) | figure |")
