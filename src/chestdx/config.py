@@ -65,7 +65,7 @@ class DataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     cache: bool = True
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
 
     @field_validator("class_names")
     @classmethod
@@ -160,13 +160,13 @@ class Recipe(_Strict):
     paper: str = ""
     task: Task = "slice"
     seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig())
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
     objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig(name="ce")])
     mixing: MixingConfig | None = None
-    inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    inference: InferenceConfig = Field(default_factory=lambda: InferenceConfig())
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig())
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig())
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

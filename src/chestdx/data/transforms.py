@@ -36,7 +36,7 @@ def crop_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.nda
     return image[..., y0:y1, x0:x1]
 
 
-def resize(image: np.ndarray, size: int, resample: int = Image.BICUBIC) -> np.ndarray:
+def resize(image: np.ndarray, size: int, resample: int = Image.Resampling.BICUBIC) -> np.ndarray:
     """Resize ``(H, W)`` float32 to ``(size, size)`` (bicubic by default, as the papers)."""
     if image.shape == (size, size):
         return image.astype(np.float32, copy=False)
@@ -109,7 +109,7 @@ class LoadPreprocess(Transform):
         lesion = np.zeros((cfg.image_size, cfg.image_size), np.float32)
         if item.get("mask"):
             m = crop_box(read_mask(item["mask"]).astype(np.float32), box)
-            lesion = (resize(m, cfg.image_size, Image.NEAREST) > 0.5).astype(np.float32)
+            lesion = (resize(m, cfg.image_size, Image.Resampling.NEAREST) > 0.5).astype(np.float32)
         out["lesion"] = torch.from_numpy(lesion)[None]
         out["has_mask"] = bool(item.get("mask"))
         return out

@@ -65,7 +65,7 @@ class ChestTask(L.LightningModule):
             total loss, each weighted term by name, and the model output.
         """
         out = self.model(batch["image"])
-        terms = {}
+        terms: dict[str, Tensor] = {}
         for name, w, term in zip(self.objective_names, self.objective_weights, self.objectives, strict=True):
             value = term(self.model, out, batch)
             terms[name] = terms.get(name, 0) + w * value

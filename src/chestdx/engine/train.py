@@ -40,7 +40,7 @@ class _History(Callback):
             self.rows = json.loads(path.read_text())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        row = {"epoch": trainer.current_epoch}
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         write_json(self.path, self.rows)

@@ -62,7 +62,7 @@ def evaluate_predictions(probs: np.ndarray, labels: np.ndarray, sites: Sequence[
         }
     if aggregate:
         groups = [f"{s}/{p}" for s, p in zip(sites, patients, strict=True)]
-        _, pg, yg = aggregate_groups(probs, groups, aggregate, y_true=labels)
+        _, pg, yg = aggregate_groups(probs, groups, aggregate, y_true=labels)  # type: ignore[arg-type]
         result["patient"] = classification_metrics(yg, pg, class_names, n_boot=n_boot, seed=seed)
         result["patient"]["aggregate"] = aggregate
     return result

@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -132,14 +133,14 @@ def build_resnet(name: str, in_chans: int = 1, weights: str = "none") -> tuple[n
         raise ConfigError(f"unknown backbone '{name}'; choose one of {backbone_names()}")
     ctor, _, channels = _TORCHVISION[name]
     net = ctor(weights=None)
-    old = net.conv1
+    old: Any = net.conv1
     net.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
     net.fc = nn.Identity()
     load_backbone_weights(net, name, weights, in_chans)
     return net, channels
 
 
-def resnet_features(net: nn.Module, x: torch.Tensor, return_stages: bool = False):
+def resnet_features(net: Any, x: torch.Tensor, return_stages: bool = False) -> Any:
     """Run a torchvision ResNet up to ``layer4``.
 
     Args:

@@ -112,7 +112,8 @@ class CrossEntropy(nn.Module):
         target = batch["target"]
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        return soft_cross_entropy(out.logits, target, self.weight if self._weighted else None)
+        weight: Tensor | None = self.weight if self._weighted else None  # type: ignore[assignment]
+        return soft_cross_entropy(out.logits, target, weight)
 
 
 @register_objective("ce")
