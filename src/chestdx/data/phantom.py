@@ -686,6 +686,19 @@ def _peripheral_pick(ph: ChestPhantom, r: np.random.Generator, x: np.ndarray, y:
     return int(ok[_pick(r, w)])
 
 
+def _bisect(set_value: Any, measure: Any, target: float, lo: float, hi: float, steps: int = 12) -> None:
+    """Bisect a lesion parameter in [lo, hi] until ``measure()`` (a pixel count that grows with the
+    parameter) reaches ``target``; ``set_value`` is left called with the final midpoint."""
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        set_value(mid)
+        if measure() < target:
+            lo = mid
+        else:
+            hi = mid
+    set_value(0.5 * (lo + hi))
+
+
 def _sample_pneumonia(ph: ChestPhantom, r: np.random.Generator, plane: _FocusPlane, dense_px: float,
                       halo_px: float) -> list[Lesion]:
     """One lobar consolidation at the focus slice (sized to ``dense_px``) + halo; rarely a 2nd focus."""
@@ -709,14 +722,7 @@ def _sample_pneumonia(ph: ChestPhantom, r: np.random.Generator, plane: _FocusPla
     sc = plane.fit_scale(les, dense_px, 0.9, lo=0.1, hi=4.0)
     les.radii = tuple(v * sc for v in radii)  # type: ignore[assignment]
     # halo thickness (in q units) to reach halo_px of ground glass around it
-    lo, hi = 0.0, 2.0
-    for _ in range(12):
-        les.halo = 0.5 * (lo + hi)
-        if plane.lesion_faint_px([les]) < halo_px:
-            lo = les.halo
-        else:
-            hi = les.halo
-    les.halo = 0.5 * (lo + hi)
+    _bisect(lambda v: setattr(les, "halo", v), lambda: plane.lesion_faint_px([les]), halo_px, 0.0, 2.0)
     out.append(les)
     if r.random() < 0.15:  # a smaller second lobar focus in the other lung, elsewhere in z
         other = 2 if lobe < 3 else 1
@@ -770,14 +776,7 @@ def _sample_covid(ph: ChestPhantom, r: np.random.Generator, plane: _FocusPlane, 
     focus = [les for les in out if abs(les.center[2] - ph.focus_z * Z_EXTENT_MM) < 1e-6]
     if focus and core_px > 0:
         big = max(focus, key=lambda les: float((plane.lung & (plane.q(les) < 0.8)).sum()))
-        lo, hi = 0.0, 0.8
-        for _ in range(12):
-            big.dense_core = 0.5 * (lo + hi)
-            if plane.lesion_dense_px([big]) < core_px:
-                lo = big.dense_core
-            else:
-                hi = big.dense_core
-        big.dense_core = 0.5 * (lo + hi)
+        _bisect(lambda v: setattr(big, "dense_core", v), lambda: plane.lesion_dense_px([big]), core_px, 0.0, 0.8)
     return out
 
 

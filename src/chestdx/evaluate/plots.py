@@ -150,9 +150,6 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], path: str | Pa
     return save_figure(fig, path)
 
 
-_as_float = as_float
-
-
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Loss (left panel) and other metrics (right panel) per epoch.
 
@@ -170,14 +167,14 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
     """
     merged: dict[float, dict[str, float]] = {}
     for i, row in enumerate(history):
-        epoch = _as_float(row.get("epoch")) if "epoch" in row else float(i)
+        epoch = as_float(row.get("epoch")) if "epoch" in row else float(i)
         if math.isnan(epoch):
             epoch = float(i)
         slot = merged.setdefault(epoch, {})
         for key, value in row.items():
             if key in ("epoch", "step"):
                 continue
-            v = _as_float(value)
+            v = as_float(value)
             if not math.isnan(v):
                 slot[str(key)] = v
     epochs = sorted(merged)

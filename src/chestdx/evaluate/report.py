@@ -67,21 +67,18 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-_number = as_float
-
-
 def _pct(value: Any) -> str:
-    v = _number(value)
+    v = as_float(value)
     return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
 
 
 def format_figure(figure: Any) -> str:
     """``{"value": .845, "low": .812, "high": .879}`` -> ``"84.5 (81.2-87.9)"``; a plain number -> ``"84.5"``."""
     if isinstance(figure, Mapping):
-        value = _number(figure.get("value"))
-        low, high = _number(figure.get("low")), _number(figure.get("high"))
+        value = as_float(figure.get("value"))
+        low, high = as_float(figure.get("low")), as_float(figure.get("high"))
     else:
-        value, low, high = _number(figure), math.nan, math.nan
+        value, low, high = as_float(figure), math.nan, math.nan
     if math.isnan(value):
         return "n/a"
     if math.isnan(low) or math.isnan(high):
@@ -136,7 +133,7 @@ def metrics_markdown(metrics: Mapping[str, Any], title: str | None = None) -> st
     interval = metrics.get("interval")
     value_header = "Value"
     if isinstance(interval, Mapping) and interval.get("n_boot"):
-        ci = _number(interval.get("ci", 0.95))
+        ci = as_float(interval.get("ci", 0.95))
         intro.append(f"intervals: {100 * ci:g}% percentile bootstrap, {interval['n_boot']} resamples")
         value_header = f"Value ({100 * ci:g}% CI)"
     if intro:
