@@ -8,14 +8,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from chestdx.data.readers import IMAGE_SUFFIXES, apply_hu_window, is_image_file, read_image, read_mask
 from chestdx.errors import ConfigError, DataError
+from tests.dicom_utils import write_dicom
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -187,36 +185,7 @@ def test_content_sniffed_not_suffix(tmp_path):
 # ------------------------------------------------------------------------------------- DICOM
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0,
-                 photometric: str = "MONOCHROME2", preamble: bool = True, frames: int = 1,
-                 pixel_data: bool = True) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12 if pixels.dtype == np.uint16 else 16
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0 if pixels.dtype == np.uint16 else 1
-    ds.RescaleSlope = str(slope)
-    ds.RescaleIntercept = str(intercept)
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if pixel_data:
-        ds.PixelData = pixels.tobytes()
-    if preamble:
-        ds.save_as(path, enforce_file_format=True)
-    else:
-        pydicom.dcmwrite(path, ds, enforce_file_format=False)
-    return path
+_write_dicom = write_dicom
 
 
 def _ct_pixels() -> np.ndarray:

@@ -150,8 +150,10 @@ def apply_hu_window(values: np.ndarray, hu_window: tuple[float, float]) -> np.nd
     return out.astype(np.float32, copy=False)
 
 
-def _check_array(path: Path, arr: np.ndarray, what: str = "image") -> np.ndarray:
-    if arr.ndim != 2:
+def _check_array(path: Path, arr: np.ndarray, what: str = "image", ndim: int = 2) -> np.ndarray:
+    if arr.ndim != ndim and ndim == 3:
+        raise DataError(path, f"{what} has {arr.ndim} dimensions {tuple(arr.shape)}; expected (D, H, W)")
+    if arr.ndim != ndim:
         raise DataError(path, f"{what} has {arr.ndim} dimensions {tuple(arr.shape)}; expected a 2D (H, W) {what}")
     if arr.size == 0:
         raise DataError(path, f"{what} is empty (shape {tuple(arr.shape)})")
@@ -278,19 +280,29 @@ def _read_pil(path: Path, scale: bool, slice_index: int | None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom(path: Path, hu_window: tuple[float, float] | None, slice_index: int | None,
-                raw: bool) -> np.ndarray:
+def _dcmread(path: Path, stop_before_pixels: bool = False) -> Any:
+    """``pydicom.dcmread`` with every failure turned into a :class:`DataError` naming ``path``."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # corrupt files fail below with a DataError instead
-            ds = pydicom.dcmread(str(path), force=True)
+            return pydicom.dcmread(str(path), force=True, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
         raise DataError(path, f"not a valid DICOM file ({e})") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on corrupt input
         raise DataError(path, f"corrupt DICOM file ({type(e).__name__}: {e})") from None
+
+
+def _read_dicom(path: Path, hu_window: tuple[float, float] | None, slice_index: int | None,
+                raw: bool) -> np.ndarray:
+    return _dicom_to_array(_dcmread(path), path, hu_window, slice_index, raw)
+
+
+def _dicom_to_array(ds: Any, path: Path, hu_window: tuple[float, float] | None, slice_index: int | None,
+                    raw: bool) -> np.ndarray:
+    """One frame of a read DICOM dataset as float32 ``(H, W)`` (HU, or windowed, or raw for masks)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DataError(path, "DICOM file holds no pixel data (not an image object?)")
     try:

@@ -44,7 +44,7 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
     for name in recipes:
         for s in range(seeds):
             recipe = load_recipe(name, deep_merge(overrides, {"seed": first.seed + s}))
-            run_dir = out / name / f"seed{s}"
+            run_dir = out / recipe.name / f"seed{s}"
             if (run_dir / "train.json").is_file():
                 run = Run(run_dir)
             else:
@@ -56,11 +56,11 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
                 res = json.loads(metrics_file.read_text())
             else:
                 res = evaluate_run(run, split="test", n_boot=n_boot)
-            raw.setdefault(name, []).append(res)
+            raw.setdefault(recipe.name, []).append(res)
             blocks = dict(res.get("sites") or {})
             blocks["all sites"] = res["overall"]
             for site, block in blocks.items():
-                results.setdefault(name, {}).setdefault(site, []).append(block)
+                results.setdefault(recipe.name, {}).setdefault(site, []).append(block)
     write_json(out / "results.json", raw)
     table = seed_table(results, metrics=tuple(metrics))
     header = (f"Recipes {', '.join(recipes)}; {seeds} seed(s); data {', '.join(str(s) for s in sources)}; "
