@@ -66,6 +66,9 @@ class DataConfig(_Strict):
     cache: bool = True
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    # task "sequence" (data/sequences.py): slices per sequence, and what to do with shorter scans
+    sequence_length: int = Field(16, ge=1)
+    short_scans: Literal["skip", "repeat"] = "skip"
 
     @field_validator("class_names")
     @classmethod

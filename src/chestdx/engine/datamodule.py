@@ -51,6 +51,11 @@ def load_samples(sources: Sequence[str | Path], recipe: Recipe, check: bool = Tr
 class ChestDataModule(L.LightningDataModule):
     """Train / val / test loaders over one or several sites.
 
+    For ``task: sequence`` the slices are grouped into scans and cut to fixed-length sequences
+    (:func:`~chestdx.data.sequences.build_sequences`, ``data.sequence_length`` /
+    ``data.short_scans``); the loaders then give ``image (B, T, 1, S, S)`` and the class counts are
+    per sequence.
+
     Args:
         recipe: the recipe (its ``data`` section and seed are used).
         samples: records with ``split`` set (see :func:`load_samples`).
@@ -62,13 +67,26 @@ class ChestDataModule(L.LightningDataModule):
         self.cfg = recipe.data
         self.samples = list(samples)
         self.site_names = sorted({s.site for s in self.samples})
-        self._datasets: dict[str, SliceDataset] = {}
+        self._datasets: dict[str, Any] = {}
+        self.sequences: list[Any] | None = None
+        self.sequence_report: Any = None
+        if recipe.task == "sequence":
+            from chestdx.data.sequences import build_sequences
+
+            self.sequences, self.sequence_report = build_sequences(
+                self.samples, self.cfg.sequence_length, self.cfg.short_scans)
+            if self.sequence_report.skipped_short:
+                log.warning("sequences: skipped %d of %d scans with fewer than %d slices "
+                            "(data.short_scans=repeat keeps them)", self.sequence_report.skipped_short,
+                            self.sequence_report.scans, self.cfg.sequence_length)
         for split in ("train", "val"):
             if not self.split_samples(split):
                 raise DatasetError(f"the data has no '{split}' images; counts: {self.summary()}")
 
     def split_samples(self, split: str) -> list[Any]:
-        return [s for s in self.samples if s.split == split]
+        """The records of one split: slices, or sequences for ``task: sequence``."""
+        items = self.sequences if self.sequences is not None else self.samples
+        return [s for s in items if s.split == split]
 
     @property
     def class_counts(self) -> list[int]:
@@ -86,10 +104,25 @@ class ChestDataModule(L.LightningDataModule):
             name = self.cfg.class_names[s.label]
             d["per_class"][name] = d["per_class"].get(name, 0) + 1
             d["per_site"][s.site] = d["per_site"].get(s.site, 0) + 1
+        if self.sequences is not None:
+            seq: dict[str, Any] = {"report": self.sequence_report.to_dict()}
+            for q in self.sequences:
+                d = seq.setdefault(q.split or "none", {"total": 0, "per_class": {}})
+                d["total"] += 1
+                name = self.cfg.class_names[q.label]
+                d["per_class"][name] = d["per_class"].get(name, 0) + 1
+            out["sequences"] = seq
         return out
 
-    def dataset(self, split: str, train: bool | None = None) -> SliceDataset:
+    def dataset(self, split: str, train: bool | None = None) -> Any:
         key = f"{split}:{train}"
+        if key not in self._datasets and self.sequences is not None:
+            from chestdx.data.sequences import SequenceDataset
+
+            self._datasets[key] = SequenceDataset(
+                self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,
+                site_names=self.site_names,
+            )
         if key not in self._datasets:
             self._datasets[key] = SliceDataset(
                 self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,

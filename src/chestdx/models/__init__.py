@@ -49,6 +49,25 @@ def _resnet_mlp(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
                      **cfg.params)
 
 
+@register_model("resnet_att2")
+def _resnet_att2(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """ResNet50-ATT2; ``params``: compatibility (parametrised | dot), tail_blocks (models/attention.py)."""
+    from chestdx.models.attention import ResNetATT2
+
+    try:
+        return ResNetATT2(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
+    except TypeError as e:
+        raise ConfigError(f"model 'resnet_att2': bad params {cfg.params}: {e}") from None
+
+
+@register_model("att2_bilstm")
+def _att2_bilstm(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """Frozen slice encoder + Bi-LSTM with soft attention; ``params``: encoder, chunk (models/sequence.py)."""
+    from chestdx.models.sequence import build_sequence_classifier
+
+    return build_sequence_classifier(cfg, num_classes, in_chans)
+
+
 __all__ = [
     "ChestModel",
     "ModelOutput",
