@@ -48,6 +48,13 @@ def build_mixer(name: str, prob: float, params: dict[str, Any], num_classes: int
 
 
 
+from chestdx.mixing.attention_guided import (  # noqa: E402
+    AttentionGuided,
+    attention_dimming,
+    attention_mixup,
+    attention_patching,
+)
 from chestdx.mixing.box import snapmix, snapmix_weights  # noqa: E402  (after the registry: import cycle)
 
-__all__ = ["build_mixer", "mixer_names", "register_mixer", "snapmix", "snapmix_weights"]
+__all__ = ["AttentionGuided", "attention_dimming", "attention_mixup", "attention_patching", "build_mixer",
+           "mixer_names", "register_mixer", "snapmix", "snapmix_weights"]

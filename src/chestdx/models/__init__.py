@@ -68,6 +68,17 @@ def _att2_bilstm(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
     return build_sequence_classifier(cfg, num_classes, in_chans)
 
 
+@register_model("magsd")
+def _magsd(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """MA-Net of MAG-SD; ``params``: num_maps, scales, pooling, feature_norm (see models/magsd.py)."""
+    from chestdx.models.magsd import MANet
+
+    try:
+        return MANet(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
+    except TypeError as e:
+        raise ConfigError(f"model 'magsd': bad params {cfg.params}: {e}") from None
+
+
 __all__ = [
     "ChestModel",
     "ModelOutput",

@@ -124,6 +124,7 @@ def _ce(num_classes: int, class_counts: Sequence[int] | None = None, **params: A
 
 from chestdx.objectives.contrastive import supcon_loss  # noqa: E402  (after the registry: import cycle)
 from chestdx.objectives.patch_contrastive import cpe_loss  # noqa: E402
+from chestdx.objectives.soft_distance import soft_distance  # noqa: E402
 
 __all__ = [
     "CrossEntropy",
@@ -133,5 +134,6 @@ __all__ = [
     "objective_names",
     "register_objective",
     "soft_cross_entropy",
+    "soft_distance",
     "supcon_loss",
 ]
