@@ -10,8 +10,26 @@ The package is organised by role (see ``docs/architecture.md``):
 - :mod:`chestdx.engine`      the one Lightning training loop
 - :mod:`chestdx.evaluate`    metrics with confidence intervals, plots, reports
 - :mod:`chestdx.recipes`     one YAML file per method / ablation
+- :mod:`chestdx.serve`       bundles, the predictor, HTML reports, the web service
+
+Use a trained model from Python::
+
+    import chestdx
+    model = chestdx.load_model("model/")       # a bundle from `chestdx export`, or a run folder
+    answer = model.predict("scan.nii.gz")      # path, numpy array or PIL image
+    print(answer.label, answer.probs)
 """
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: `import chestdx` does not import torch
+    if name == "load_model":
+        from chestdx.serve.predictor import load_model
+
+        return load_model
+    raise AttributeError(f"module 'chestdx' has no attribute {name!r}")

@@ -56,10 +56,27 @@ def _add_train_overrides(p: argparse.ArgumentParser) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from chestdx.data.phantom import synthesize_slices
 
+    if args.kind == "cxr":
+        from chestdx.data.phantom_cxr import synthesize_cxr
+
+        manifest = synthesize_cxr(args.out, n_patients_per_class=args.patients, num_classes=args.classes,
+                                  sites=args.sites, size=args.size, seed=args.seed)
+        print(f"wrote {manifest}")
+        return 0
+    if args.kind == "sequence":
+        from chestdx.data.phantom_sequences import synthesize_sequences
+
+        n = args.slices_per_patient if args.slices_per_patient is not None else 20
+        manifest = synthesize_sequences(args.out, n_patients_per_class=args.patients, slices_per_scan=n,
+                                        min_slices=args.min_slices, num_classes=args.classes, sites=args.sites,
+                                        size=args.size, seed=args.seed)
+        print(f"wrote {manifest}")
+        return 0
     if args.kind != "slice":
         raise ChestdxError(f"--kind {args.kind} is not available yet; this version makes --kind slice")
     manifest = synthesize_slices(
-        args.out, n_patients_per_class=args.patients, slices_per_patient=args.slices_per_patient,
+        args.out, n_patients_per_class=args.patients,
+        slices_per_patient=args.slices_per_patient if args.slices_per_patient is not None else 2,
         num_classes=args.classes, sites=args.sites, size=args.size, seed=args.seed,
     )
     print(f"wrote {manifest}")
@@ -90,58 +107,77 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     res = evaluate_run(args.run, args.data, split=args.split, out=args.out, procedure=args.procedure,
                        aggregate=args.aggregate, n_boot=args.n_boot, which=args.checkpoint,
+                       scan_aggregate=args.scan_aggregate,
                        progress=not args.no_progress)
     print(metrics_report_markdown(res, f"{Path(args.run).name} on {args.split}"))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from chestdx.serve.inputs import expand_inputs
     from chestdx.serve.predictor import Predictor
     from chestdx.utils import atomic_open, to_json
 
-    predictor = Predictor(args.run, which=args.checkpoint, procedure=args.procedure)
-    files = _expand_inputs(args.inputs)
+    predictor = Predictor(args.model, which=args.checkpoint, procedure=args.procedure)
+    inputs = expand_inputs(args.inputs, scan_folders=args.scan_folders)
     errors: list[tuple[str, str]] = []
     lines = []
-    want_map = args.cam is not None
-    for pred in predictor.predict_files(files, heatmap=want_map, errors=errors):
+    overlays = args.overlays
+    answers = predictor.predict_files(inputs, heatmap=overlays is not None, errors=errors,
+                                      aggregate=args.aggregate, max_slices=args.max_slices)
+    bar = tqdm(answers, total=len(inputs), unit="input", disable=None if len(inputs) > 1 else True,
+               file=sys.stderr)
+    for pred in bar:
         rec = pred.to_json()
-        if want_map and pred.heatmap is not None and pred.image is not None:
-            from chestdx.evaluate.plots import overlay_heatmap, save_png
-
-            out_png = Path(args.cam) / (Path(pred.source).stem + "_cam.png")
-            hm = pred.heatmap / (pred.heatmap.max() + 1e-8)
-            save_png(overlay_heatmap(pred.image, hm), out_png)
-            rec["overlay"] = str(out_png)
+        if overlays is not None:
+            rec["overlay"] = _write_overlays(pred, Path(overlays))
+        if args.attention is not None:
+            rec["attention_overlay"] = _attention_overlay(predictor, pred.source, Path(args.attention))
         lines.append(to_json(rec))
         if not args.out:
-            print(lines[-1], flush=True)
+            bar.write(lines[-1], file=sys.stdout)
+    bar.close()
     for path, problem in errors:
         print(to_json({"file": path, "error": problem}), file=sys.stderr)
     if args.out:
         with atomic_open(args.out, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + ("\n" if lines else ""))
-        print(f"wrote {len(lines)} predictions to {args.out}")
+        print(f"wrote {len(lines)} predictions to {args.out}", file=sys.stderr)
     if errors:
-        print(f"{len(errors)} of {len(files)} inputs failed (listed above)", file=sys.stderr)
+        print(f"{len(errors)} of {len(inputs)} inputs failed (listed above)", file=sys.stderr)
         return 1
     return 0
 
 
-def _expand_inputs(inputs: Sequence[str]) -> list[str]:
-    from chestdx.data.readers import is_image_file
+def _attention_overlay(predictor: Any, source: str, folder: Path) -> str:
+    """Write the mean-attention overlay of one image (MAG-SD localisation); returns the PNG path."""
+    from chestdx.evaluate.plots import overlay_heatmap, save_png
+    from chestdx.explain.localize import attention_heatmap
 
-    out: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            if not found:
-                raise ChestdxError(f"{p}: folder holds no image files")
-            out += found
-        else:
-            out.append(item)
-    return out
+    x = predictor.preprocess(source)[None]
+    hm = attention_heatmap(predictor.model, x)[0].numpy()
+    img = x[0, 0].numpy()
+    img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+    stem = Path(source.rstrip("/")).name.split(".")[0] or "input"
+    return str(save_png(overlay_heatmap(img, hm), folder / f"{stem}_attention.png"))
+
+
+def _write_overlays(pred: Any, folder: Path) -> str:
+    """Heatmap overlay PNG(s) of one answer: ``<name>_cam.png`` or, for a scan, one per slice in
+    ``<name>/``; returns the file or folder written."""
+    from chestdx.evaluate.plots import overlay_heatmap, save_png
+
+    stem = Path(pred.source.rstrip("/")).name.split(".")[0] or "input"
+    if getattr(pred, "slices", None) is None:
+        out = folder / f"{stem}_cam.png"
+        save_png(overlay_heatmap(pred.image, pred.heatmap), out)
+        return str(out)
+    sub = folder / stem
+    for i, s in zip(pred.slice_indices, pred.slices, strict=True):
+        save_png(overlay_heatmap(s.image, s.heatmap), sub / f"slice_{i:04d}_cam.png")
+    return str(sub)
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -165,6 +201,32 @@ def cmd_sweep_voting(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from chestdx.serve.bundle import export_bundle
+
+    out = export_bundle(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
+    print(f"model bundle: {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from chestdx.serve.predictor import Predictor
+    from chestdx.serve.report import write_study_report
+
+    predictor = Predictor(args.model, procedure=args.procedure)
+    out = write_study_report(predictor, args.input, args.out, aggregate=args.aggregate, max_slices=args.max_slices)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from chestdx.serve.app import serve
+
+    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_batch=args.max_batch, max_slices=args.max_slices)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from chestdx.demo import run_demo
 
@@ -185,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", type=int, default=3, choices=[2, 3])
     s.add_argument("--sites", type=int, default=1)
     s.add_argument("--patients", type=int, default=40, help="patients per class and site")
-    s.add_argument("--slices-per-patient", type=int, default=2)
+    s.add_argument("--slices-per-patient", type=int,
+                   help="slices per patient (default 2); --kind sequence: slices per scan (default 20)")
+    s.add_argument("--min-slices", type=int,
+                   help="--kind sequence: draw each scan's slice count in [MIN, --slices-per-patient]")
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
@@ -209,16 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default RUN/eval-SPLIT)")
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
     s.add_argument("--aggregate", choices=["mean", "max", "majority"], help="also patient-level metrics")
+    s.add_argument("--scan-aggregate", choices=["mean", "max", "majority"],
+                   help="also one answer per scan from the slice answers (scans.csv; scan ids from file names)")
     s.add_argument("--n-boot", type=int, default=1000)
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("predict", help="answer image files: JSON lines of class probabilities")
-    s.add_argument("run")
-    s.add_argument("inputs", nargs="+", help="image files or folders")
-    s.add_argument("--cam", metavar="DIR", help="write a CAM overlay PNG per image into DIR")
+    s = sub.add_parser("predict", help="answer images and scans: JSON lines of class probabilities")
+    s.add_argument("model", help="a model bundle (chestdx export) or a run folder")
+    s.add_argument("inputs", nargs="+",
+                   help="image files, DICOM files or series folders, NIfTI, .npy, zips of a DICOM series, folders")
+    s.add_argument("--overlays", "--cam", dest="overlays", metavar="DIR",
+                   help="write heatmap overlay PNGs into DIR (per slice for scans)")
+    s.add_argument("--attention", metavar="DIR",
+                   help="write the mean attention map overlay per image into DIR (attention models: magsd)")
     s.add_argument("--out", help="write JSON lines here instead of stdout")
+    s.add_argument("--aggregate", default="mean", choices=["mean", "majority", "max"],
+                   help="how slice answers make a scan's answer")
+    s.add_argument("--max-slices", type=int, help="answer at most this many evenly spaced slices per scan")
+    s.add_argument("--scan-folders", action="store_true",
+                   help="treat each folder of slice images as one scan (COV19-CT-DB layout)")
     s.add_argument("--procedure")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.set_defaults(func=cmd_predict)
@@ -241,6 +317,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--out", help="output folder (default RUN/voting-sweep)")
     s.set_defaults(func=cmd_sweep_voting)
+
+    s = sub.add_parser("export", help="write a model bundle (weights, recipe, card) from a trained run")
+    s.add_argument("run")
+    s.add_argument("--out", required=True, help="the bundle folder to create")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("report", help="one self-contained HTML page for one study: answer, heatmaps, model card")
+    s.add_argument("model", help="a model bundle or a run folder")
+    s.add_argument("input", help="an image, DICOM file or series folder, NIfTI, zip or folder of slices")
+    s.add_argument("--out", required=True, help="the .html file to write")
+    s.add_argument("--aggregate", default="mean", choices=["mean", "majority", "max"])
+    s.add_argument("--max-slices", type=int, default=64, help="answer at most this many slices of a scan")
+    s.add_argument("--procedure")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("serve", help="web service: POST /predict, GET /health, GET /model, a page at /")
+    s.add_argument("model", help="a model bundle or a run folder")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=64.0)
+    s.add_argument("--max-batch", type=int, default=16, help="most images per shared forward pass")
+    s.add_argument("--max-slices", type=int, default=64, help="answer at most this many slices of a scan")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")
     s.add_argument("--out", default="demo_out")

@@ -10,6 +10,7 @@ Dictionary keys: ``path`` (str), ``box`` (xmin, ymin, xmax, ymax) or None, ``mas
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,19 +92,7 @@ class LoadPreprocess(Transform):
         cfg = self.cfg
         img = read_image(path, hu_window=cfg.hu_window)
         box = item.get("box") if cfg.box_crop else None
-        try:
-            img = crop_box(img, box)
-            if img.min() < 0 or img.max() > 1:
-                img = to_unit(img)
-            if cfg.clahe:
-                img = clahe(img, cfg.clahe_clip, cfg.clahe_tile)
-            img = normalize(resize(img, cfg.image_size), cfg.normalize)
-        except ChestdxError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise DataError(path, f"preprocessing failed ({type(e).__name__}: {e})") from e
-        if not np.isfinite(img).all():
-            raise DataError(path, "image holds NaN or infinite values after preprocessing")
+        img = self.prepare(img, path, box)
         out = dict(item)
         out["image"] = torch.from_numpy(img)[None]
         lesion = np.zeros((cfg.image_size, cfg.image_size), np.float32)
@@ -113,6 +102,32 @@ class LoadPreprocess(Transform):
         out["lesion"] = torch.from_numpy(lesion)[None]
         out["has_mask"] = bool(item.get("mask"))
         return out
+
+
+    def prepare(self, img: np.ndarray, source: str | Path, box: Any = None) -> np.ndarray:
+        """Preprocess an image already read (HU window applied where wanted): crop, scale to
+        ``[0, 1]`` when outside it, CLAHE, resize, normalise. ``(H, W)`` -> ``(S, S)`` float32.
+
+        Raises:
+            DataError: naming ``source``, when a step fails or the result is not finite.
+        """
+        cfg = self.cfg
+        try:
+            img = crop_box(np.asarray(img, dtype=np.float32), box)
+            if not np.isfinite(img).all():
+                raise DataError(source, "image holds NaN or infinite values")
+            if img.min() < 0 or img.max() > 1:
+                img = to_unit(img)
+            if cfg.clahe:
+                img = clahe(img, cfg.clahe_clip, cfg.clahe_tile)
+            img = normalize(resize(img, cfg.image_size), cfg.normalize)
+        except ChestdxError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DataError(source, f"preprocessing failed ({type(e).__name__}: {e})") from e
+        if not np.isfinite(img).all():
+            raise DataError(source, "image holds NaN or infinite values after preprocessing")
+        return img
 
 
 class Augment(Transform, RandomizableTrait):

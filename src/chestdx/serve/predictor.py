@@ -1,8 +1,18 @@
-"""Answer new files with a trained run: probabilities, label and an optional CAM heatmap."""
+"""Answer new images and scans with a trained model (a bundle or a run folder).
+
+``chestdx.load_model(path)`` returns a :class:`Predictor`; ``predict(x)`` takes a path, a numpy array
+or a PIL image and returns a :class:`Prediction` (one 2D image) or a :class:`ScanPrediction` (a 3D
+scan: a DICOM series, NIfTI, zip, folder of slices, ``(D, H, W)`` array), both with probabilities,
+label, heatmaps and the procedure's details (e.g. CAM voting's flip flag).
+
+A slice model answers a scan slice by slice and aggregates (``mean`` probability by default,
+``majority`` vote or ``max``; see :func:`chestdx.evaluate.metrics.aggregate`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,21 +22,27 @@ import torch
 
 from chestdx.data.transforms import LoadPreprocess
 from chestdx.engine.infer import run_procedure
-from chestdx.engine.run import Run
-from chestdx.errors import ChestdxError
+from chestdx.errors import ChestdxError, ConfigError
+from chestdx.serve.inputs import Study, load_study
+
+__all__ = ["Prediction", "ScanPrediction", "Predictor", "load_model"]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return ((x - x.min()) / (x.max() - x.min() + 1e-8)).astype(np.float32)
 
 
 @dataclass
 class Prediction:
-    """One answered image.
+    """One answered 2D image.
 
     Attributes:
-        source: the file (or a name for an in-memory array).
+        source: the file (or a name for an in-memory input).
         probs: class name -> probability.
         label: the predicted class name.
-        heatmap: ``(S, S)`` non-negative CAM at model resolution, where asked for.
-        image: ``(S, S)`` the preprocessed image in [0, 1] (for overlays), where a heatmap was asked for.
-        details: procedure extras (e.g. ``flipped`` for CAM voting).
+        heatmap: ``(S, S)`` CAM in ``[0, 1]`` at model resolution, where asked for.
+        image: ``(S, S)`` the preprocessed image scaled to ``[0, 1]`` (for overlays), with a heatmap.
+        details: procedure extras (CAM voting: ``flipped``, ``vote_probs`` of the k masked copies).
     """
 
     source: str
@@ -35,77 +51,224 @@ class Prediction:
     heatmap: np.ndarray | None = None
     image: np.ndarray | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    kind: str = "image"
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.source, "label": self.label, "probs": self.probs, **self.details}
+        return {"file": self.source, "kind": self.kind, "label": self.label, "probs": self.probs, **self.details}
+
+
+@dataclass
+class ScanPrediction:
+    """One answered 3D scan.
+
+    Attributes:
+        source: the scan (folder, zip, NIfTI, ...).
+        probs: class name -> scan-level probability (after ``aggregation``).
+        label: the scan-level class.
+        aggregation: ``mean``, ``majority`` or ``max``.
+        slice_indices: ``N`` indices into the scan's ``D`` slices that were answered.
+        slices: the ``N`` per-slice answers (each with its heatmap and image when asked for).
+        meta: how the scan was read (series, spacing, slice files).
+    """
+
+    source: str
+    probs: dict[str, float]
+    label: str
+    aggregation: str
+    slice_indices: list[int]
+    slices: list[Prediction]
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind: str = "volume"
+
+    @property
+    def heatmaps(self) -> np.ndarray | None:
+        """``(N, S, S)`` per-slice heatmaps, or None."""
+        maps = [s.heatmap for s in self.slices]
+        return None if not maps or maps[0] is None else np.stack(maps)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.source, "kind": self.kind, "label": self.label, "probs": self.probs,
+                "aggregation": self.aggregation, "n_slices": len(self.slices),
+                "slice_indices": self.slice_indices,
+                "slice_labels": [s.label for s in self.slices],
+                "slice_probs": [[round(v, 6) for v in s.probs.values()] for s in self.slices],
+                "meta": self.meta}
 
 
 class Predictor:
-    """A trained run ready to answer files.
+    """A trained model ready to answer images and scans.
 
     Args:
-        run: the run folder (or :class:`~chestdx.engine.run.Run`).
-        which: ``best`` or ``last`` checkpoint.
-        procedure: inference procedure; default the recipe's.
+        model_path: a bundle (``chestdx export``) or a run folder (``chestdx train``).
+        which: for a run folder, ``best`` or ``last`` checkpoint.
+        procedure: inference procedure; default the recipe's (e.g. ``cam_voting`` for the full
+            cam-snapmix method).
+        device: ``cpu`` or ``cuda``.
     """
 
-    def __init__(self, run: Run | str | Path, which: str = "best", procedure: str | None = None):
-        self.run = run if isinstance(run, Run) else Run(run)
-        self.recipe = self.run.recipe
-        self.model = self.run.load_model(which)
-        self.class_names = self.run.class_names
-        self.procedure = procedure or self.recipe.inference.name
-        self.params = self.recipe.inference.params if self.procedure == self.recipe.inference.name else {}
-        self._pre = LoadPreprocess(self.recipe.data)
+    def __init__(self, model_path: str | Path, which: str = "best", procedure: str | None = None,
+                 device: str = "cpu"):
+        from chestdx.engine.run import Run
+        from chestdx.serve.bundle import load_any
+
+        if isinstance(model_path, Run):
+            model_path = model_path.path
+        recipe, model, class_names, card = load_any(model_path, which)
+        self._setup(recipe, model, class_names, card, procedure, device)
+        self.path = Path(model_path)
+
+    def _setup(self, recipe: Any, model: Any, class_names: Sequence[str], card: dict[str, Any],
+               procedure: str | None, device: str) -> None:
+        if recipe.task not in ("slice", "cxr"):
+            raise ConfigError(f"the predictor answers slice and X-ray models; this model's task is "
+                              f"{recipe.task!r}")
+        self.recipe = recipe
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.card = card
+        self.procedure = procedure or recipe.inference.name
+        self.params = dict(recipe.inference.params) if self.procedure == recipe.inference.name else {}
+        self._pre = LoadPreprocess(recipe.data)
+        self._lock = threading.Lock()  # one forward at a time on a shared model
+
+    @property
+    def hu_window(self) -> tuple[float, float] | None:
+        w = self.recipe.data.hu_window
+        return None if w is None else (float(w[0]), float(w[1]))
+
+    # ------------------------------------------------------------------------------ preprocessing
 
     def preprocess(self, path: str | Path) -> torch.Tensor:
-        """Read and preprocess one file to ``(1, S, S)``.
+        """Read and preprocess one image file to ``(1, S, S)``.
 
         Raises:
             DataError: unreadable file (names it).
         """
         return self._pre({"path": str(path), "box": None, "mask": None})["image"]
 
-    def predict_tensor(self, images: torch.Tensor, sources: Sequence[str], heatmap: bool = False) -> list[Prediction]:
-        """Answer a preprocessed batch ``(B, 1, S, S)``."""
-        res = run_procedure(self.procedure, self.params, self.model, images)
-        probs = res.probs.float().cpu().numpy()
-        maps = None
-        if heatmap:
-            from chestdx.explain.cam import cam
+    def preprocess_array(self, img: np.ndarray, source: str = "array") -> torch.Tensor:
+        """Preprocess a read ``(H, W)`` image (HU window already applied) to ``(1, S, S)``."""
+        return torch.from_numpy(self._pre.prepare(img, source))[None]
 
-            maps = cam(self.model, images).cpu().numpy()
+    def slice_batch(self, study: Study, max_slices: int | None = None) -> tuple[torch.Tensor, list[int]]:
+        """The preprocessed slices ``(N, 1, S, S)`` of a scan and their indices (``N <= max_slices``,
+        evenly spaced when the scan has more)."""
+        d = study.array.shape[0]
+        idx = list(range(d))
+        if max_slices is not None and d > max_slices:
+            idx = sorted({int(round(v)) for v in np.linspace(0, d - 1, max_slices)})
+        return torch.stack([self.preprocess_array(study.array[i], f"{study.name}[{i}]") for i in idx]), idx
+
+    # ----------------------------------------------------------------------------------- answers
+
+    def predict_tensor(self, images: torch.Tensor, sources: Sequence[str], heatmap: bool = False) -> list[Prediction]:
+        """Answer a preprocessed batch ``(B, 1, S, S)``: one :class:`Prediction` per image."""
+        images = images.to(self.device)
+        with self._lock:
+            res = run_procedure(self.procedure, self.params, self.model, images)
+            maps = None
+            if heatmap:
+                from chestdx.explain.cam import cam
+
+                maps = cam(self.model, images).detach().cpu().numpy()
+        probs = res.probs.float().cpu().numpy()
         out = []
         for i, src in enumerate(sources):
             det = {k: v[i].item() if v[i].numel() == 1 else v[i].tolist() for k, v in res.details.items()}
-            img = None
-            if heatmap:
-                x = images[i, 0].cpu().numpy()
-                img = (x - x.min()) / (x.max() - x.min() + 1e-8)
             out.append(Prediction(
                 source=src, probs={c: float(p) for c, p in zip(self.class_names, probs[i], strict=True)},
-                label=self.class_names[int(probs[i].argmax())], heatmap=None if maps is None else maps[i],
-                image=img, details=det,
+                label=self.class_names[int(probs[i].argmax())],
+                heatmap=None if maps is None else _unit(maps[i]),
+                image=_unit(images[i, 0].cpu().numpy()) if heatmap else None, details=det,
             ))
         return out
 
+    def predict_study(self, study: Study, heatmap: bool = True, aggregate: str = "mean",
+                      max_slices: int | None = None, batch_size: int = 32) -> Prediction | ScanPrediction:
+        """Answer a read :class:`~chestdx.serve.inputs.Study` (image or scan)."""
+        if study.kind == "image":
+            x = self.preprocess_array(study.array, study.name)[None]
+            return self.predict_tensor(x, [study.name], heatmap=heatmap)[0]
+        x, idx = self.slice_batch(study, max_slices)
+        slices: list[Prediction] = []
+        for s in range(0, len(idx), batch_size):
+            slices += self.predict_tensor(x[s:s + batch_size], [f"{study.name}[{i}]" for i in idx[s:s + batch_size]],
+                                          heatmap=heatmap)
+        return self.scan_answer(study, slices, idx, aggregate)
+
+    def scan_answer(self, study: Study, slices: list[Prediction], idx: list[int], aggregate: str) -> ScanPrediction:
+        """Aggregate per-slice answers to the scan (see :func:`chestdx.evaluate.metrics.aggregate`)."""
+        from chestdx.evaluate.metrics import aggregate as aggregate_probs
+
+        p = np.array([[s.probs[c] for c in self.class_names] for s in slices])
+        _, pg, _ = aggregate_probs(p, [0] * len(slices), how=aggregate)  # type: ignore[arg-type]
+        return ScanPrediction(source=study.name, probs={c: float(v) for c, v in zip(self.class_names, pg[0], strict=True)},
+                              label=self.class_names[int(pg[0].argmax())], aggregation=aggregate,
+                              slice_indices=idx, slices=slices, meta=study.meta)
+
+    def predict(self, x: Any, heatmap: bool = True, aggregate: str = "mean",
+                max_slices: int | None = None) -> Prediction | ScanPrediction:
+        """Answer one input.
+
+        Args:
+            x: a path (image, DICOM file or series folder, NIfTI, zip, ``.npy``, folder of slices),
+                a numpy array ``(H, W)`` or ``(D, H, W)``, or a PIL image.
+            heatmap: compute the CAM heatmap(s).
+            aggregate: how slice answers make the scan's (``mean``, ``majority``, ``max``).
+            max_slices: answer at most this many evenly spaced slices of a scan.
+
+        Raises:
+            DataError: unreadable input (names it).
+        """
+        return self.predict_study(load_study(x, self.hu_window), heatmap, aggregate, max_slices)
+
     def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, heatmap: bool = False,
-                      errors: list[tuple[str, str]] | None = None) -> Iterable[Prediction]:
-        """Answer files in batches. A bad file is recorded in ``errors`` (path, problem) and skipped.
+                      errors: list[tuple[str, str]] | None = None, aggregate: str = "mean",
+                      max_slices: int | None = None) -> Iterator[Prediction | ScanPrediction]:
+        """Answer many inputs: 2D images in batches, scans one at a time. A bad input is recorded
+        in ``errors`` as ``(path, problem)`` and skipped (raised when ``errors`` is None).
 
         Yields:
-            one :class:`Prediction` per readable file, in order.
+            one answer per readable input, in order.
         """
+        from chestdx.data.volumes import is_volume_input
+
         buf: list[tuple[str, torch.Tensor]] = []
-        for p in list(paths) + [None]:
-            if p is not None:
-                try:
-                    buf.append((str(p), self.preprocess(p)))
-                except ChestdxError as e:
-                    if errors is None:
-                        raise
-                    errors.append((str(p), str(e)))
-            if buf and (p is None or len(buf) >= batch_size):
+
+        def flush() -> Iterator[Prediction]:
+            if buf:
                 x = torch.stack([t for _, t in buf])
                 yield from self.predict_tensor(x, [s for s, _ in buf], heatmap=heatmap)
-                buf = []
+                buf.clear()
+
+        for p in paths:
+            try:
+                if is_volume_input(p):
+                    yield from flush()
+                    study = load_study(p, self.hu_window, name=str(p))
+                    yield self.predict_study(study, heatmap, aggregate, max_slices, batch_size)
+                    continue
+                buf.append((str(p), self.preprocess(p)))
+            except ChestdxError as e:
+                if errors is None:
+                    raise
+                errors.append((str(p), str(e)))
+            if len(buf) >= batch_size:
+                yield from flush()
+        yield from flush()
+
+
+def load_model(path: str | Path, procedure: str | None = None, device: str = "cpu") -> Predictor:
+    """Load a bundle (``chestdx export``) or a run folder, ready to ``predict``.
+
+    Example::
+
+        model = chestdx.load_model("model/")
+        answer = model.predict("scan.nii.gz")      # ScanPrediction
+        print(answer.label, answer.probs)
+
+    Raises:
+        BundleError / RunError: not a bundle or run, or a bundle from an incompatible chestdx.
+    """
+    return Predictor(path, procedure=procedure, device=device)

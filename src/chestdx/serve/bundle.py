@@ -1,0 +1,301 @@
+"""Model bundles: one folder that answers new scans without the recipe file or the training data.
+
+::
+
+    MODEL_DIR/
+      model.safetensors   the network's weights (no optimiser, no objectives)
+      bundle.json         format, chestdx version, task, class names, the resolved recipe (its
+                          ``data`` section is the preprocessing), input channels, class counts,
+                          training-data summary, evaluation metrics, checkpoint used, export time
+      card.md             the model card a person reads (also served at ``GET /model``)
+
+``chestdx export RUN --out MODEL_DIR`` writes it (into a temporary folder renamed into place, so a
+half-written bundle never exists); :func:`load_bundle` reads it. A bundle of another format, or
+written by a newer chestdx than the one installed, is refused with a message that says which
+version to install.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chestdx.config import Recipe, validate_recipe
+from chestdx.errors import ChestdxError, RunError
+from chestdx.utils import write_json, write_text
+
+__all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "export_bundle", "is_bundle", "load_bundle", "model_card"]
+
+#: Layout version of bundles this chestdx writes and reads.
+BUNDLE_FORMAT = 1
+INTENDED_USE = (
+    "Research use: reproducing and comparing published chest-imaging methods, and giving a "
+    "radiologist a second look they can check against the heatmap. NOT a medical device: it has "
+    "not been cleared or validated for clinical use and must not be used to make or change a "
+    "diagnosis or a treatment decision."
+)
+
+
+class BundleError(ChestdxError):
+    """A model bundle is missing, incomplete, or from an incompatible chestdx."""
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle.
+
+    Attributes:
+        path: the bundle folder.
+        recipe: the resolved recipe (pretrained-weight loading switched off: the weights are here).
+        info: the contents of ``bundle.json``.
+        model: the network in eval mode.
+    """
+
+    path: Path
+    recipe: Recipe
+    info: dict[str, Any]
+    model: Any = field(repr=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info["class_names"])
+
+    def card(self) -> dict[str, Any]:
+        return model_card(self.info)
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in str(v).split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a bundle folder (has ``bundle.json``)."""
+    return (Path(path) / "bundle.json").is_file()
+
+
+def _metrics_summary(run_path: Path) -> dict[str, Any] | None:
+    f = run_path / "eval-test" / "metrics.json"
+    if not f.is_file():
+        return None
+    res = json.loads(f.read_text())
+    return {"split": res.get("split"), "procedure": res.get("procedure"), "n_images": res.get("n_images"),
+            "overall": res.get("overall"), "sites": res.get("sites")}
+
+
+def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: bool = False) -> Path:
+    """Write the bundle of a trained run.
+
+    Args:
+        run: a run folder or :class:`~chestdx.engine.run.Run`.
+        out: the bundle folder to create.
+        which: ``best`` or ``last`` checkpoint.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        RunError: not a run, or no checkpoint.
+        BundleError: ``out`` exists and ``overwrite`` is False.
+    """
+    from safetensors.torch import save_file
+
+    from chestdx import __version__
+    from chestdx.engine.run import Run
+
+    run = run if isinstance(run, Run) else Run(run)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out}: already exists; choose another --out or pass --overwrite")
+    ckpt_path = run.checkpoint(which)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    hp = ckpt.get("hyper_parameters", {})
+    task = run.load_task(which)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in task.model.state_dict().items()}
+    train_info = json.loads((run.path / "train.json").read_text()) if (run.path / "train.json").is_file() else {}
+    data = dict(run.data)
+    data["sources"] = [Path(s).name for s in data.get("sources", [])]  # no local paths in a shared file
+    info = {
+        "format": BUNDLE_FORMAT,
+        "chestdx_version": __version__,
+        "torch_version": torch.__version__,
+        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": run.recipe.name,
+        "description": run.recipe.description,
+        "task": run.recipe.task,
+        "class_names": run.class_names,
+        "in_chans": int(hp.get("in_chans", 1)),
+        "class_counts": hp.get("class_counts"),
+        "preprocessing": run.recipe.data.model_dump(mode="json", exclude={"augment"}),
+        "inference": run.recipe.inference.model_dump(mode="json"),
+        "recipe": run.recipe.model_dump(mode="json"),
+        "training": {"data": data, "run": train_info, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch")},
+        "metrics": _metrics_summary(run.path),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": str(BUNDLE_FORMAT)})
+        write_json(tmp / "bundle.json", info)
+        write_text(tmp / "card.md", card_markdown(model_card(info)))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
+    """Load a bundle: the recipe, the model (eval mode) and its card; no recipe file or data needed.
+
+    Raises:
+        BundleError: not a bundle, missing weights, another bundle format, a newer chestdx, or
+            weights that do not fit the network the recipe describes.
+    """
+    from safetensors.torch import load_file
+
+    from chestdx import __version__
+    from chestdx.models import build_model
+
+    path = Path(path)
+    if not is_bundle(path):
+        raise BundleError(f"{path}: not a model bundle (no bundle.json); make one with "
+                          "`chestdx export RUN --out MODEL_DIR`")
+    try:
+        info = json.loads((path / "bundle.json").read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path / 'bundle.json'}: not valid JSON ({e})") from None
+    fmt, made_by = info.get("format"), str(info.get("chestdx_version", "unknown"))
+    if fmt != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: bundle format {fmt!r} (written by chestdx {made_by}) cannot be read by "
+                          f"chestdx {__version__}, which reads format {BUNDLE_FORMAT}; install chestdx=="
+                          f"{made_by} or re-export the run with this version")
+    if _version_tuple(made_by)[:2] > _version_tuple(__version__)[:2]:
+        raise BundleError(f"{path}: written by chestdx {made_by}, newer than the installed {__version__}; "
+                          f"install chestdx>={made_by}")
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise BundleError(f"{path}: model.safetensors missing (the bundle is incomplete; export it again)")
+    recipe_dict = dict(info["recipe"])
+    recipe_dict["model"] = {**recipe_dict["model"], "weights": "none"}  # the weights come from the bundle
+    recipe = validate_recipe(recipe_dict)
+    model = build_model(recipe.model, num_classes=len(info["class_names"]), in_chans=int(info.get("in_chans", 1)))
+    try:
+        state = load_file(str(weights), device=map_location)
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - safetensors / torch raise several kinds
+        raise BundleError(f"{weights}: weights do not fit the {recipe.model.name} network of the recipe "
+                          f"({type(e).__name__}: {str(e)[:300]})") from None
+    model.eval()
+    return Bundle(path=path, recipe=recipe, info=info, model=model)
+
+
+def _metric_line(block: dict[str, Any] | None, key: str) -> str | None:
+    if not block or key not in block or block[key] is None:
+        return None
+    m = block[key]
+    if isinstance(m, dict) and m.get("value") is not None:
+        lo, hi = m.get("low"), m.get("high")
+        ci = f" (95% CI {100 * lo:.1f}-{100 * hi:.1f})" if lo is not None and hi is not None else ""
+        return f"{100 * m['value']:.1f}%{ci}"
+    return None
+
+
+def model_card(info: dict[str, Any]) -> dict[str, Any]:
+    """The model card as a dict: what it is, what it was trained on, how well it did, intended use."""
+    training = info.get("training", {})
+    data = training.get("data", {})
+    metrics = info.get("metrics") or {}
+    overall = metrics.get("overall")
+    return {
+        "name": info.get("name"),
+        "description": info.get("description"),
+        "task": info.get("task"),
+        "class_names": info.get("class_names"),
+        "model": info.get("recipe", {}).get("model", {}).get("name"),
+        "backbone": info.get("recipe", {}).get("model", {}).get("backbone"),
+        "inference": info.get("inference"),
+        "preprocessing": info.get("preprocessing"),
+        "training_data": {"sources": data.get("sources"), "sites": data.get("site_names"),
+                          "counts": data.get("counts")},
+        "training_run": {k: training.get("run", {}).get(k) for k in ("epochs_run", "wall_seconds", "monitor",
+                                                                      "best_score")},
+        "metrics": {
+            "split": metrics.get("split"),
+            "n_images": metrics.get("n_images"),
+            "accuracy": _metric_line(overall, "accuracy"),
+            "macro_f1": _metric_line(overall, "macro_f1"),
+            "macro_auc": _metric_line(overall, "macro_auc"),
+        } if overall else None,
+        "chestdx_version": info.get("chestdx_version"),
+        "exported": info.get("exported"),
+        "intended_use": INTENDED_USE,
+        "warning": "Not a medical device. Not for clinical decisions.",
+    }
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card as markdown."""
+    lines = [f"# Model card: {card['name']}", "", f"**{card['warning']}**", "", card.get("description") or "", "",
+             "## What it does",
+             f"- Task: {card['task']}; classes: {', '.join(card['class_names'] or [])}",
+             f"- Network: {card['model']} ({card['backbone']}); inference: {(card.get('inference') or {}).get('name')}",
+             f"- Input: image size {(card.get('preprocessing') or {}).get('image_size')} px, "
+             f"HU window {(card.get('preprocessing') or {}).get('hu_window')}", "",
+             "## Training data"]
+    td = card["training_data"]
+    lines.append(f"- Sources: {', '.join(td.get('sources') or []) or 'unknown'}; sites: "
+                 f"{', '.join(td.get('sites') or []) or 'one'}")
+    for split, c in (td.get("counts") or {}).items():
+        if isinstance(c, dict) and "total" in c:
+            per = ", ".join(f"{k} {v}" for k, v in (c.get("per_class") or {}).items())
+            lines.append(f"- {split}: {c['total']} images ({per})")
+    lines += ["", "## Evaluation"]
+    m = card.get("metrics")
+    if m:
+        lines.append(f"On the {m['split']} split ({m['n_images']} images): accuracy {m['accuracy']}, "
+                     f"macro F1 {m['macro_f1']}, macro AUC {m['macro_auc']}.")
+    else:
+        lines.append("Not evaluated before export (run `chestdx evaluate RUN` and export again).")
+    lines += ["", "## Intended use", card["intended_use"], "",
+              f"chestdx {card['chestdx_version']}, exported {card['exported']}.", ""]
+    return "\n".join(lines)
+
+
+def load_any(path: str | Path, which: str = "best") -> tuple[Recipe, Any, list[str], dict[str, Any]]:
+    """``(recipe, model, class_names, card)`` from a bundle or a run folder (``which`` checkpoint).
+
+    Raises:
+        BundleError / RunError: neither a bundle nor a run.
+    """
+    from chestdx.engine.run import Run
+
+    p = Path(path)
+    if is_bundle(p):
+        b = load_bundle(p)
+        return b.recipe, b.model, b.class_names, b.card()
+    if (p / "recipe.yaml").is_file():
+        run = Run(p)
+        info = {"name": run.recipe.name, "description": run.recipe.description, "task": run.recipe.task,
+                "class_names": run.class_names, "recipe": run.recipe.model_dump(mode="json"),
+                "inference": run.recipe.inference.model_dump(mode="json"),
+                "preprocessing": run.recipe.data.model_dump(mode="json", exclude={"augment"}),
+                "training": {"data": run.data}, "metrics": _metrics_summary(run.path)}
+        return run.recipe, run.load_model(which), run.class_names, model_card(info)
+    if not p.exists():
+        raise BundleError(f"{p}: not found (expected a model bundle from `chestdx export` or a run folder)")
+    raise RunError(f"{p}: neither a model bundle (bundle.json) nor a run folder (recipe.yaml)")

@@ -1,0 +1,132 @@
+"""``chestdx report MODEL INPUT --out report.html``: one self-contained HTML page per study.
+
+The page holds the answer and its probabilities, the image with the heatmap overlaid (for a scan: a
+slice browser with each slice's heatmap and answer, and a strip of the per-slice probability of the
+scan's class), the procedure's details (CAM voting flips) and the model card, with the warning that
+the model is not a medical device. Images are embedded as base64 PNG; the page loads nothing from
+anywhere and works offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chestdx.evaluate.plots import overlay_heatmap, png_bytes
+from chestdx.evaluate.report import _CSS, markdown_to_html, write_html
+from chestdx.serve.bundle import card_markdown
+
+__all__ = ["study_report", "write_study_report"]
+
+_EXTRA_CSS = """
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em;border-radius:4px;font-weight:600}
+.answer{font-size:1.5em;margin:.3em 0}
+.bars td{padding:2px 8px}.bar{background:#4a78c2;height:12px;display:inline-block}
+.pair{display:flex;gap:16px;flex-wrap:wrap}.pair figure{margin:0}
+.pair img,.browser img{width:320px;image-rendering:pixelated;border:1px solid #ccc}
+.strip{display:flex;align-items:flex-end;height:60px;gap:1px;margin:.5em 0;max-width:640px}
+.strip div{background:#c24a4a;flex:1;min-width:2px;cursor:pointer}
+.strip div.cur{background:#222}
+"""
+
+
+def _uri(array: Any) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(array)).decode("ascii")
+
+
+def _bars(probs: dict[str, float]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{100 * p:.1f}%</td>"
+                   f'<td><span class="bar" style="width:{int(200 * p)}px"></span></td></tr>'
+                   for c, p in probs.items())
+    return f'<table class="bars">{rows}</table>'
+
+
+def _image_section(answer: Any) -> str:
+    if answer.image is None:
+        return "<p>(no heatmap computed)</p>"
+    return ('<div class="pair">'
+            f'<figure><img src="{_uri(answer.image)}" alt="input"><figcaption>input (preprocessed)</figcaption></figure>'
+            f'<figure><img src="{_uri(overlay_heatmap(answer.image, answer.heatmap))}" alt="heatmap overlay">'
+            "<figcaption>heatmap (CAM) overlay: where the model looked</figcaption></figure></div>")
+
+
+def _browser(answer: Any, class_names: list[str]) -> str:
+    k = class_names.index(answer.label)
+    frames, overlays, labels, score = [], [], [], []
+    for i, s in zip(answer.slice_indices, answer.slices, strict=True):
+        frames.append(_uri(s.image) if s.image is not None else "")
+        overlays.append(_uri(overlay_heatmap(s.image, s.heatmap)) if s.heatmap is not None else "")
+        labels.append(f"slice {i}: {s.label} ({100 * max(s.probs.values()):.0f}%)")
+        score.append(float(list(s.probs.values())[k]))
+    start = int(np.argmax(score))
+    strip = "".join(f'<div data-i="{j}" title="{html.escape(labels[j])}" style="height:{max(2, int(60 * v))}px">'
+                    "</div>" for j, v in enumerate(score))
+    data = json.dumps({"frames": frames, "overlays": overlays, "labels": labels})
+    return f"""
+<p>Per-slice probability of <b>{html.escape(answer.label)}</b> (click a bar; the slider moves through
+the {len(score)} answered slices):</p>
+<div class="strip" id="strip">{strip}</div>
+<input type="range" id="slider" min="0" max="{len(score) - 1}" value="{start}" style="width:640px">
+<p id="slice-label"></p>
+<div class="pair browser"><figure><img id="frame" alt="slice"><figcaption>slice</figcaption></figure>
+<figure><img id="overlay" alt="slice heatmap"><figcaption>heatmap overlay</figcaption></figure></div>
+<script>
+const D = {data};
+const slider = document.getElementById('slider');
+const bars = document.querySelectorAll('#strip div');
+function show(i) {{
+  slider.value = i;
+  document.getElementById('frame').src = D.frames[i];
+  document.getElementById('overlay').src = D.overlays[i];
+  document.getElementById('slice-label').textContent = D.labels[i];
+  bars.forEach((b, j) => b.classList.toggle('cur', j === +i));
+}}
+slider.addEventListener('input', e => show(+e.target.value));
+bars.forEach(b => b.addEventListener('click', () => show(+b.dataset.i)));
+show({start});
+</script>"""
+
+
+def study_report(answer: Any, card: dict[str, Any], class_names: list[str]) -> str:
+    """The HTML page of one answered study (a :class:`~chestdx.serve.predictor.Prediction` or
+    :class:`~chestdx.serve.predictor.ScanPrediction`)."""
+    is_scan = getattr(answer, "slices", None) is not None
+    name = html.escape(Path(str(answer.source).rstrip("/")).name or str(answer.source))
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>chestdx report: {name}</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>",
+             f"<h1>chestdx report: {name}</h1>",
+             '<p class="warn">Research software, NOT a medical device. This answer must not be used to make or '
+             "change a diagnosis or a treatment decision; a qualified reader must check it against the images.</p>",
+             "<section><h2>Answer</h2>",
+             f'<p class="answer" id="answer">{html.escape(answer.label)}</p>', _bars(answer.probs)]
+    if is_scan:
+        parts.append(f"<p>Scan of {len(answer.slices)} answered slices; scan answer = {answer.aggregation} of the "
+                     "slice answers.</p>")
+    details = {k: v for k, v in answer.to_json().items()
+               if k not in ("file", "kind", "label", "probs", "slice_probs", "slice_labels", "slice_indices")}
+    if details:
+        parts.append(f"<details><summary>details</summary><pre>{html.escape(json.dumps(details, indent=1, default=str))}"
+                     "</pre></details>")
+    parts.append("</section><section><h2>Where the model looked</h2>")
+    parts.append(_browser(answer, class_names) if is_scan else _image_section(answer))
+    parts.append("</section><section>")
+    parts.append(markdown_to_html(card_markdown(card).replace("# Model card", "## Model card", 1)))
+    parts.append("</section></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_study_report(predictor: Any, x: Any, out: str | Path, aggregate: str = "mean",
+                       max_slices: int | None = 64) -> Path:
+    """Answer ``x`` with ``predictor`` (heatmaps on) and write its report page atomically.
+
+    Raises:
+        DataError: unreadable input (names it).
+    """
+    answer = predictor.predict(x, heatmap=True, aggregate=aggregate, max_slices=max_slices)
+    return write_html(out, study_report(answer, predictor.card, predictor.class_names))
