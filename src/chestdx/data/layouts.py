@@ -11,6 +11,10 @@ Supported layouts (``load_source`` tries them in this order):
 4. class folders ``root/<class>/...`` or ``root/{train,val,test}/<class>/...``
    (:func:`from_class_folders`).
 
+Before the manifest, a ``labels.csv`` / ``metadata.csv`` (or a CSV given directly) with the ieee8023
+COVID-19 collection's columns (``patientid, finding, view``) is read by
+:func:`chestdx.data.ieee8023.from_ieee8023` (frontal chest X-rays, labels from ``finding``).
+
 Labels are integer indices into the recipe's ``class_names``; :func:`resolve_label` maps the many
 spellings found in public data sets (``COVID-19``, ``CT_NonCOVID``, ``No Finding``, ...).
 """
@@ -679,12 +683,21 @@ def load_source(path: str | Path, class_names: Sequence[str], site: str | None =
     if p.is_file():
         suffix = p.suffix.lower()
         if suffix == ".csv":
+            from chestdx.data.ieee8023 import from_ieee8023, is_ieee8023_csv
+
+            if is_ieee8023_csv(p):
+                return from_ieee8023(p, class_names, site)
             return from_manifest(p, class_names, site)
         if suffix == ".txt":
             return from_covidx_labels(p, _covidx_image_root(p), class_names, site)
         raise DatasetError(f"{p}: unsupported data source file; give a manifest .csv, a COVIDx .txt "
                            "label file or a folder")
     site = site or p.resolve().name
+    from chestdx.data.ieee8023 import from_ieee8023, is_ieee8023_csv
+
+    for name in ("labels.csv", "metadata.csv"):  # the ieee8023 COVID-19 collection (chest X-rays)
+        if (p / name).is_file() and is_ieee8023_csv(p / name):
+            return from_ieee8023(p / name, class_names, site)
     for name in ("manifest.csv", "labels.csv"):
         if (p / name).is_file():
             return from_manifest(p / name, class_names, site)

@@ -1,0 +1,213 @@
+"""Synthetic chest X-rays: a projection of the same 3D chest phantom (:mod:`chestdx.data.phantom`).
+
+:func:`render_cxr` voxelises a whole patient (thoracic inlet to upper abdomen) and projects it
+along the antero-posterior axis, as a frontal radiograph is formed:
+
+- Hounsfield units become linear attenuation ``mu = 0.02 / mm * max(1 + HU / 1000, 0)`` (water
+  0.02 / mm, air 0, bone about 1.7 x water), integrated along y (anterior -> posterior): the
+  log-transformed detector signal ``L(z, x) = sum_y mu * dy``. High attenuation is bright (bone,
+  mediastinum, consolidation), aerated lung dark, as on a processed radiograph;
+- the image rows run cranio-caudal (inlet at the top) and the columns from the patient's right to
+  left (patient right on the image left, the radiological convention); the 300 mm craniocaudal
+  extent is centred vertically in the 340 mm square field;
+- the lesion mask is projected too: a pixel is lesion where any voxel on its ray is (an
+  "en-face" footprint of the 3D lesions, what a reader outlines on a radiograph);
+- each site (:class:`~chestdx.data.phantom.SiteProfile`) and image adds its own zoom, shift and
+  rotation, blur, a window from the image's own percentiles with jitter (exposure), gamma, gain /
+  offset and noise (``noise_sigma / 1500`` of the display range), so no global intensity gives a
+  class away; what differs between classes is the projected spatial pattern (one lobar opacity,
+  multifocal peripheral faint patches on both sides, or posterior dependent changes only).
+
+:func:`synthesize_cxr` writes a data set in the same layout as
+:func:`~chestdx.data.phantom.synthesize_slices` (``images/``, ``masks/``, ``manifest.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from chestdx.data.phantom import (
+    CLASS_NAMES_2,
+    CLASS_NAMES_3,
+    FOV_MM,
+    MANIFEST_COLUMNS,
+    Z_EXTENT_MM,
+    ChestPhantom,
+    SiteProfile,
+    _png_bytes,
+    _split_ids,
+    default_sites,
+    sample_patient,
+    window_to_uint8,
+)
+from chestdx.errors import ConfigError
+from chestdx.utils import atomic_open
+
+MU_WATER_PER_MM = 0.02
+
+
+def project_volume(volume_hu: np.ndarray, mask: np.ndarray, dy_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Antero-posterior projection of a volume ``(D, H, W)`` (y = axis 1) and of its lesion mask.
+
+    Returns:
+        line integrals of attenuation ``(D, W)`` float32 and the projected mask ``(D, W)`` uint8.
+    """
+    if volume_hu.ndim != 3 or mask.shape != volume_hu.shape:
+        raise ConfigError(f"volume and mask must both be (D, H, W); got {volume_hu.shape} and {mask.shape}")
+    mu = MU_WATER_PER_MM * np.clip(1.0 + volume_hu.astype(np.float32) / 1000.0, 0.0, None)
+    return (mu.sum(axis=1) * dy_mm).astype(np.float32), mask.any(axis=1).astype(np.uint8)
+
+
+def render_cxr(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, size: int = 128,
+               vol_hw: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Render one frontal chest X-ray of a phantom patient.
+
+    Args:
+        ph: the patient (:func:`~chestdx.data.phantom.sample_patient`).
+        site: the acquisition profile.
+        rng: generator for the per-image jitter and noise.
+        size: output side in pixels.
+        vol_hw: in-plane voxels of the rendered volume (the craniocaudal count follows at the same
+            spacing).
+
+    Returns:
+        ``(image, mask)``: float32 ``(size, size)`` in [0, 1] and uint8 ``(size, size)`` in {0, 1}.
+    """
+    d = max(8, int(round(vol_hw * Z_EXTENT_MM / FOV_MM)))
+    vol, mask, _meta = ph.render((d, vol_hw, vol_hw), (0.0, 1.0))
+    proj, les = project_volume(vol, mask, FOV_MM / vol_hw)
+    top = (vol_hw - d) // 2
+    full = np.zeros((vol_hw, vol_hw), np.float32)
+    full_m = np.zeros((vol_hw, vol_hw), np.float32)
+    full[top:top + d] = proj
+    full_m[top:top + d] = les
+
+    zoom = site.fov_scale * math.exp(rng.normal(0.0, site.fov_jitter))
+    ang = math.radians(rng.normal(0.0, 2.0))
+    shift = rng.normal(0.0, 0.02, size=2) * vol_hw
+    scale = (vol_hw / size) / zoom
+    ca, sa = math.cos(ang), math.sin(ang)
+    matrix = np.array([[ca, -sa], [sa, ca]]) * scale
+    out_c = np.array([(size - 1) / 2.0] * 2)
+    in_c = np.array([(vol_hw - 1) / 2.0] * 2) + shift
+    offset = in_c - matrix @ out_c
+    if scale > 1.01:
+        full = ndimage.gaussian_filter(full, sigma=0.45 * (scale - 1.0) + 0.2)
+    img = ndimage.affine_transform(full, matrix, offset, output_shape=(size, size), order=1, cval=0.0)
+    msk = ndimage.affine_transform(full_m, matrix, offset, output_shape=(size, size), order=1, cval=0.0)
+    px_mm = FOV_MM / vol_hw * scale
+    if site.blur_sigma_mm > 0:
+        img = ndimage.gaussian_filter(img, sigma=site.blur_sigma_mm / px_mm)
+    # exposure / processing: window from the image's own percentiles, jittered, then gamma
+    lo = float(np.percentile(img, 1.0)) * math.exp(rng.normal(0.0, 0.1))
+    hi = float(np.percentile(img, 99.5)) * math.exp(rng.normal(0.0, site.window_jitter[1]))
+    img = np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    img = img ** math.exp(rng.normal(0.0, 0.15))
+    if site.noise_sigma > 0:
+        nz = rng.standard_normal((size, size)).astype(np.float32)
+        cs = site.noise_corr_mm / px_mm
+        if cs > 0.3:
+            nz = ndimage.gaussian_filter(nz, sigma=cs)
+            nz /= float(nz.std()) + 1e-8
+        img = img + (site.noise_sigma / 1500.0) * nz
+    img = img * math.exp(rng.normal(0.0, site.gain_jitter)) + rng.normal(0.0, site.offset_jitter)
+    return np.clip(img, 0.0, 1.0).astype(np.float32), (msk > 0.5).astype(np.uint8)
+
+
+def synthesize_cxr(
+    out_dir: str | Path,
+    *,
+    n_patients_per_class: int = 50,
+    images_per_patient: int = 1,
+    num_classes: int = 3,
+    sites: int | Sequence[SiteProfile] = 1,
+    size: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a labelled chest X-ray data set made from the phantom.
+
+    Layout: ``out_dir/images/<patient>_<k>.png`` (8-bit grayscale), ``out_dir/masks/<same name>``
+    (0/255 projected lesion mask, empty for normals) and ``out_dir/manifest.csv`` with columns
+    ``path,label,class,patient_id,site,mask,split``. Classes, patient ids, per-patient seeds and the
+    patient-grouped, finding-stratified 60 / 20 / 20 split work as in
+    :func:`~chestdx.data.phantom.synthesize_slices` (same seed, same patients); further images of a
+    patient (``images_per_patient``) are new exposures with their own jitter and noise.
+
+    Args:
+        out_dir: destination folder (created).
+        n_patients_per_class: patients per class and site.
+        images_per_patient: radiographs per patient.
+        num_classes: 3 (normal / pneumonia / covid) or 2 (noncovid / covid).
+        sites: number of :func:`~chestdx.data.phantom.default_sites` or explicit profiles.
+        size: image side in pixels.
+        seed: master seed.
+
+    Returns:
+        Path of the manifest (written atomically, last).
+
+    Raises:
+        ConfigError: bad number of classes, patients, images, sites or size.
+    """
+    if num_classes not in (2, 3):
+        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
+    for name, v, lo in (("n_patients_per_class", n_patients_per_class, 1),
+                        ("images_per_patient", images_per_patient, 1), ("size", size, 16)):
+        if not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    site_list = default_sites(sites) if isinstance(sites, int) else list(sites)
+    if not site_list:
+        raise ConfigError("at least one site is needed")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    vol_hw = 96 if size <= 128 else 128
+    names = CLASS_NAMES_3 if num_classes == 3 else CLASS_NAMES_2
+    rows: list[dict[str, Any]] = []
+    for s_idx, site in enumerate(site_list):
+        plan: list[tuple[int, int]] = []
+        if num_classes == 3:
+            for finding in range(3):
+                plan += [(finding, i) for i in range(n_patients_per_class)]
+        else:
+            n_norm = n_patients_per_class // 2
+            plan += [(0, i) for i in range(n_norm)] + [(1, i) for i in range(n_patients_per_class - n_norm)]
+            plan += [(2, i) for i in range(n_patients_per_class)]
+        site_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 1_000_003)))
+        codes = site_rng.permutation(len(plan))
+        pids = [f"{site.name}-x{int(codes[k]):05d}" for k in range(len(plan))]
+        by_finding: dict[int, list[str]] = {}
+        for (finding, _i), pid in zip(plan, pids, strict=True):
+            by_finding.setdefault(finding, []).append(pid)
+        split_of: dict[str, str] = {}
+        for finding in sorted(by_finding):
+            r_split = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 2_000_003, finding)))
+            split_of.update(_split_ids(by_finding[finding], r_split))
+        for (finding, i), pid in zip(plan, pids, strict=True):
+            prng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, finding, i)))
+            ph = sample_patient(prng, finding)
+            label = finding if num_classes == 3 else int(finding == 2)
+            for k in range(images_per_patient):
+                img, msk = render_cxr(ph, site, prng, size, vol_hw)
+                fname = f"{pid}_{k:02d}.png"
+                (out / "images" / fname).write_bytes(_png_bytes(window_to_uint8(img)))
+                (out / "masks" / fname).write_bytes(_png_bytes((msk > 0).astype(np.uint8) * 255))
+                rows.append({"path": f"images/{fname}", "label": label, "class": names[label],
+                             "patient_id": pid, "site": site.name, "mask": f"masks/{fname}",
+                             "split": split_of[pid]})
+    rows.sort(key=lambda rw: (rw["site"], rw["path"]))
+    manifest = out / "manifest.csv"
+    with atomic_open(manifest, "w", encoding="utf-8", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
+        wr.writeheader()
+        wr.writerows(rows)
+    return manifest
+
+
+__all__ = ["project_volume", "render_cxr", "synthesize_cxr"]

@@ -1,0 +1,41 @@
+"""Phantom chest X-rays: the AP projection by hand, a tiny data set with projected lesion masks."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from chestdx.data.phantom_cxr import MU_WATER_PER_MM, project_volume, synthesize_cxr
+from chestdx.errors import ConfigError
+
+
+def test_projection_by_hand():
+    vol = np.full((2, 3, 2), -1000.0, np.float32)  # air: no attenuation
+    vol[0, :, 0] = 0.0  # a column of water, 3 voxels deep
+    vol[1, 1, 1] = 1000.0  # one voxel at twice water
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[1, 2, 1] = 1
+    proj, les = project_volume(vol, mask, dy_mm=2.0)
+    assert proj.shape == (2, 2)
+    assert proj[0, 0] == pytest.approx(3 * 2.0 * MU_WATER_PER_MM)
+    assert proj[1, 1] == pytest.approx(2.0 * 2 * MU_WATER_PER_MM)
+    assert proj[0, 1] == 0.0 and les.tolist() == [[0, 0], [0, 1]]
+
+
+def test_tiny_cxr_set(tmp_path):
+    manifest = synthesize_cxr(tmp_path, n_patients_per_class=2, size=32, seed=0)
+    rows = list(csv.DictReader(open(manifest)))
+    assert len(rows) == 6 and {r["class"] for r in rows} == {"normal", "pneumonia", "covid"}
+    from PIL import Image
+
+    for r in rows:
+        img = np.asarray(Image.open(tmp_path / r["path"]))
+        m = np.asarray(Image.open(tmp_path / r["mask"]))
+        assert img.shape == (32, 32) and img.std() > 5
+        assert (m.max() > 0) == (r["class"] != "normal")  # lesions projected for the sick only
+    again = synthesize_cxr(tmp_path / "again", n_patients_per_class=2, size=32, seed=0)
+    assert (tmp_path / rows[0]["path"]).read_bytes() == (again.parent / rows[0]["path"]).read_bytes()
+    with pytest.raises(ConfigError):
+        synthesize_cxr(tmp_path, num_classes=4)
