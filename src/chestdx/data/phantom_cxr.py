@@ -62,7 +62,8 @@ def project_volume(volume_hu: np.ndarray, mask: np.ndarray, dy_mm: float) -> tup
     if volume_hu.ndim != 3 or mask.shape != volume_hu.shape:
         raise ConfigError(f"volume and mask must both be (D, H, W); got {volume_hu.shape} and {mask.shape}")
     mu = MU_WATER_PER_MM * np.clip(1.0 + volume_hu.astype(np.float32) / 1000.0, 0.0, None)
-    return (mu.sum(axis=1) * dy_mm).astype(np.float32), mask.any(axis=1).astype(np.uint8)
+    proj = np.asarray(mu.sum(axis=1) * dy_mm, dtype=np.float32)
+    return proj, np.asarray(mask.any(axis=1), dtype=np.uint8)
 
 
 def render_cxr(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, size: int = 128,
