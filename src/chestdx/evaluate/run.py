@@ -78,18 +78,36 @@ def metrics_report_markdown(result: dict[str, Any], title: str) -> str:
     if "patient" in result:
         parts.append(metrics_markdown(result["patient"],
                                       title=f"{title}: per patient ({result['patient']['aggregate']})"))
+    if "scan" in result:
+        parts.append(metrics_markdown(result["scan"], title=f"{title}: per scan, from the slice answers "
+                                                            f"({result['scan']['aggregate']})"))
+    loc = result.get("localisation")
+    if loc and loc.get("n_images"):
+        parts.append(f"### {title}: attention-mask localisation\n\n"
+                     f"IoU of the Otsu attention masks with the lesion masks, {loc['n_images']} images with a lesion: "
+                     f"mean {loc['iou_mean']:.3f}, median {loc['iou_median']:.3f} (Dice mean {loc['dice_mean']:.3f})")
     return "\n\n".join(parts) + "\n"
 
 
 def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = None, split: str = "test",
                  out: str | Path | None = None, *, procedure: str | None = None,
                  procedure_params: dict[str, Any] | None = None, aggregate: str | None = None,
-                 n_boot: int = 1000, which: str = "best", progress: bool = False) -> dict[str, Any]:
+                 n_boot: int = 1000, which: str = "best", progress: bool = False,
+                 scan_aggregate: str | None = None, localisation: bool = True) -> dict[str, Any]:
     """Evaluate a run on ``split`` of its own data (or of ``sources``).
+
+    A ``task: sequence`` run is scored per sequence (one row per scan in ``predictions.csv``; the
+    sequence builder's report under ``"sequences"``; Fig. 6 drawings of a few sequences in
+    ``OUT/sequence_attention/``). A slice run whose model makes attention maps (ResNet50-ATT2) is
+    also scored for localisation where images have lesion masks (``"localisation"``: IoU of the
+    Otsu attention masks, overlays in ``OUT/attention/``).
 
     Args:
         procedure: inference procedure; default the recipe's (``plain`` or e.g. ``cam_voting``).
         aggregate: ``mean`` / ``max`` / ``majority`` patient-level aggregation, or None.
+        scan_aggregate: ``mean`` / ``majority`` / ``max``: also one answer per scan from the slice
+            answers (metrics under ``"scan"``, rows in ``scans.csv``); slice runs only.
+        localisation: score attention masks against lesion masks where possible.
 
     Returns:
         the metrics dict (also written to ``out``).
@@ -114,7 +132,19 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     out = Path(out) if out else run.path / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     model = run.load_model(which)
-    ds = SliceDataset(chosen, recipe.data, train=False, site_names=run.site_names or None, cache=False)
+    seq_report = None
+    ds: Any
+    if recipe.task == "sequence":
+        from chestdx.data.sequences import SequenceDataset, build_sequences
+
+        slices = chosen
+        chosen, seq_report = build_sequences(slices, recipe.data.sequence_length, recipe.data.short_scans)
+        if not chosen:
+            raise DatasetError(f"no '{split}' scan has {recipe.data.sequence_length} slices "
+                               f"({seq_report.skipped_short} skipped); set data.short_scans=repeat to pad them")
+        ds = SequenceDataset(chosen, recipe.data, train=False, site_names=run.site_names or None, cache=False)
+    else:
+        ds = SliceDataset(chosen, recipe.data, train=False, site_names=run.site_names or None, cache=False)
     loader = DataLoader(ds, batch_size=recipe.data.batch_size, shuffle=False)
     name = procedure or recipe.inference.name
     params = procedure_params if procedure_params is not None else (
@@ -130,6 +160,28 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     result["split"] = split
     result["procedure"] = name
     result["n_images"] = len(chosen)
+    if seq_report is not None:
+        result["sequences"] = seq_report.to_dict()
+        _sequence_figures(model, ds, out / "sequence_attention", class_names)
+    elif scan_aggregate:
+        from chestdx.data.sequences import scan_id_of
+        from chestdx.evaluate.metrics import classification_metrics
+        from chestdx.evaluate.scan_level import scan_level_answers, write_scan_answers
+
+        answers = scan_level_answers(preds["probs"], [scan_id_of(chosen[i]) for i in order], scan_aggregate,
+                                     labels=preds["label"].astype(int))
+        result["scan"] = classification_metrics(np.asarray(answers.labels), answers.probs, class_names, n_boot=n_boot,
+                                                seed=recipe.seed)
+        result["scan"]["aggregate"] = scan_aggregate
+        result["scan"]["n_scans"] = len(answers.scan_ids)
+        write_scan_answers(out / "scans.csv", answers, class_names)
+    if localisation and seq_report is None and any(s.mask for s in chosen):
+        from chestdx.explain.attention_masks import localisation_iou
+
+        loc = localisation_iou(model, loader, overlays_dir=out / "attention")
+        if loc["n_images"]:
+            result["localisation"] = {k: v for k, v in loc.items() if k != "per_image"}
+            write_json(out / "localisation.json", loc)
     if "flipped" in preds:
         result["flipped"] = int(preds["flipped"].sum())
     write_json(out / "metrics.json", result)
@@ -139,3 +191,29 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
                           out / "confusion_matrix.png")
     plot_roc(preds["label"].astype(int), preds["probs"], class_names, out / "roc.png")
     return result
+
+
+def _sequence_figures(model: Any, ds: Any, folder: Path, class_names: Sequence[str], n: int = 3) -> None:
+    """Fig. 6 for the first ``n`` sequences of ``ds``: slice attention maps weighted by the sequence attention."""
+    import torch
+
+    from chestdx.explain.attention_masks import (
+        combine_attention,
+        has_attention_maps,
+        sequence_attention_figure,
+    )
+
+    for i in range(min(n, len(ds))):
+        item = ds[i]
+        with torch.no_grad():
+            out = model(item["image"][None])
+        images = item["image"][:, 0]  # (T, S, S)
+        if has_attention_maps({k: v for k, v in out.maps.items()}):
+            slice_maps = combine_attention(out.maps["att1"][0], out.maps["att2"][0], images.shape[-2:])
+        else:
+            slice_maps = torch.ones_like(images)
+        seq = ds.sequences[i]
+        pred = class_names[int(out.probs[0].argmax())]
+        sequence_attention_figure(images.numpy(), slice_maps.numpy(), out.maps["sequence_attention"][0].numpy(),
+                                  folder / f"sequence_{i:03d}.png",
+                                  title=f"{seq.scan_id}: label {class_names[seq.label]}, predicted {pred}")

@@ -1,0 +1,165 @@
+"""Synthetic CT scans as slice sequences, from the same 3D chest phantom (:mod:`chestdx.data.phantom`).
+
+Each patient gets one scan: ``N`` axial slices spaced evenly over a craniocaudal span centred on
+the patient's slices of interest (``focus_z``), rendered by the patient's site exactly as
+:func:`~chestdx.data.phantom.synthesize_slices` renders single slices (slice thickness, zoom,
+blur, noise, window; jitter drawn per slice). Lesions are 3D, so in positive scans they show on
+some slices and not on others: which slices matter is for the sequence model to find.
+
+Layout (the slice layout plus scan columns; readable by every slice loader)::
+
+    out_dir/images/<scan>_<k:03d>.png    8-bit slices, k = 0..N-1 from cranial to caudal
+    out_dir/masks/<scan>_<k:03d>.png     0/255 lesion masks (empty for normals)
+    out_dir/manifest.csv                 path,label,class,patient_id,site,mask,split,scan_id,slice
+
+``<scan>`` is ``<patient>_s1``, so :func:`chestdx.data.sequences.scan_id_of` groups the files by
+scan from their names alone. With ``min_slices < slices_per_scan`` the number of slices is drawn
+per scan in ``[min_slices, slices_per_scan]``, so some scans can be shorter than 16 (the
+COVIDx-SeqCT builder skips them unless asked to pad).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chestdx.data.phantom import (
+    CLASS_NAMES_2,
+    CLASS_NAMES_3,
+    MANIFEST_COLUMNS,
+    ChestPhantom,
+    SiteProfile,
+    _png_bytes,
+    _split_ids,
+    default_sites,
+    render_ct_slice,
+    sample_patient,
+    window_to_uint8,
+)
+from chestdx.errors import ConfigError
+from chestdx.utils import atomic_open
+
+__all__ = ["SEQUENCE_MANIFEST_COLUMNS", "scan_slices", "synthesize_sequences"]
+
+SEQUENCE_MANIFEST_COLUMNS = (*MANIFEST_COLUMNS, "scan_id", "slice")
+
+
+def scan_slices(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, n_slices: int, size: int,
+                vol_hw: int, span: float = 0.36) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Render ``n_slices`` evenly spaced axial slices of one patient over ``span`` (fraction of z).
+
+    The span is centred on ``ph.focus_z`` and shifted to stay inside ``[0.03, 0.9]``. The slab is
+    voxelised with one extra plane between slices (for the slice-thickness average).
+
+    Returns:
+        ``n_slices`` pairs ``(image float32 (size, size) in [0, 1], mask uint8 (size, size))``.
+    """
+    lo_lim, hi_lim = 0.03, 0.9
+    span = min(span, hi_lim - lo_lim)
+    lo = min(max(ph.focus_z - span / 2, lo_lim), hi_lim - span)
+    step = 2
+    depth = step * (n_slices - 1) + 3
+    pad = span / max(n_slices - 1, 1) / step  # one plane beyond the first and the last slice
+    vol, mask, meta = ph.render((depth, vol_hw, vol_hw), (lo - pad, lo + span + pad))
+    spacing = meta["spacing_mm"]
+    return [render_ct_slice(vol, mask, 1 + step * i, site, rng, size, spacing_mm=spacing) for i in range(n_slices)]
+
+
+def synthesize_sequences(
+    out_dir: str | Path,
+    *,
+    n_patients_per_class: int = 10,
+    slices_per_scan: int = 20,
+    min_slices: int | None = None,
+    num_classes: int = 3,
+    sites: int | Sequence[SiteProfile] = 1,
+    size: int = 64,
+    seed: int = 0,
+    span: float = 0.36,
+) -> Path:
+    """Write a labelled data set of phantom CT scans (one scan of N slices per patient).
+
+    Patients, sites, classes and splits are drawn as in :func:`~chestdx.data.phantom.synthesize_slices`
+    (per-patient child seeds, patient-level splits about 60 / 20 / 20 stratified by finding, drawn
+    per site), so the same seed gives the same files whatever the generation order.
+
+    Args:
+        out_dir: destination folder (created).
+        n_patients_per_class: patients (= scans) per class and site.
+        slices_per_scan: N, slices per scan (the maximum when ``min_slices`` is given).
+        min_slices: draw N per scan uniformly in ``[min_slices, slices_per_scan]``; default: fixed N.
+        num_classes: 3 (normal / pneumonia / covid) or 2 (noncovid / covid).
+        sites: number of :func:`~chestdx.data.phantom.default_sites` or explicit profiles.
+        size: slice side in pixels.
+        seed: master seed.
+        span: craniocaudal extent of a scan, as a fraction of the 300 mm phantom (0.36 = 108 mm).
+
+    Returns:
+        Path of the manifest (written atomically, last).
+
+    Raises:
+        ConfigError: bad counts, sizes or span.
+    """
+    if num_classes not in (2, 3):
+        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
+    lo_n = slices_per_scan if min_slices is None else min_slices
+    for name, v, lo in (("n_patients_per_class", n_patients_per_class, 1), ("slices_per_scan", slices_per_scan, 1),
+                        ("min_slices", lo_n, 1), ("size", size, 16)):
+        if not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if lo_n > slices_per_scan:
+        raise ConfigError(f"min_slices ({lo_n}) must not exceed slices_per_scan ({slices_per_scan})")
+    if not 0.0 < span <= 0.87:
+        raise ConfigError(f"span must lie in (0, 0.87], got {span}")
+    site_list = default_sites(sites) if isinstance(sites, int) else list(sites)
+    if not site_list or len({s.name for s in site_list}) != len(site_list):
+        raise ConfigError("give at least one site, with unique names")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    vol_hw = max(96, min(2 * size, 256)) if size < 128 else size
+    names = CLASS_NAMES_3 if num_classes == 3 else CLASS_NAMES_2
+    rows: list[dict[str, Any]] = []
+    for s_idx, site in enumerate(site_list):
+        plan: list[tuple[int, int]] = []
+        if num_classes == 3:
+            for finding in range(3):
+                plan += [(finding, i) for i in range(n_patients_per_class)]
+        else:
+            n_norm = n_patients_per_class // 2
+            plan += [(0, i) for i in range(n_norm)] + [(1, i) for i in range(n_patients_per_class - n_norm)]
+            plan += [(2, i) for i in range(n_patients_per_class)]
+        site_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 3_000_017)))
+        codes = site_rng.permutation(len(plan))
+        pids = [f"{site.name}-p{int(codes[k]):05d}" for k in range(len(plan))]
+        by_finding: dict[int, list[str]] = {}
+        for (finding, _i), pid in zip(plan, pids, strict=True):
+            by_finding.setdefault(finding, []).append(pid)
+        split_of: dict[str, str] = {}
+        for finding in sorted(by_finding):
+            r_split = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 4_000_037, finding)))
+            split_of.update(_split_ids(by_finding[finding], r_split))
+        for (finding, i), pid in zip(plan, pids, strict=True):
+            prng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, finding, i, 5)))
+            ph = sample_patient(prng, finding)
+            n = int(prng.integers(lo_n, slices_per_scan + 1))
+            label = finding if num_classes == 3 else int(finding == 2)
+            scan = f"{pid}_s1"
+            for k, (img, msk) in enumerate(scan_slices(ph, site, prng, n, size, vol_hw, span)):
+                fname = f"{scan}_{k:03d}.png"
+                (out / "images" / fname).write_bytes(_png_bytes(window_to_uint8(img)))
+                (out / "masks" / fname).write_bytes(_png_bytes((msk > 0).astype(np.uint8) * 255))
+                rows.append({"path": f"images/{fname}", "label": label, "class": names[label], "patient_id": pid,
+                             "site": site.name, "mask": f"masks/{fname}", "split": split_of[pid],
+                             "scan_id": scan, "slice": k})
+    rows.sort(key=lambda rw: (rw["site"], rw["path"]))
+    manifest = out / "manifest.csv"
+    with atomic_open(manifest, "w", encoding="utf-8", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(SEQUENCE_MANIFEST_COLUMNS), lineterminator="\n")
+        wr.writeheader()
+        wr.writerows(rows)
+    return manifest
