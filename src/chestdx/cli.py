@@ -185,7 +185,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     over = _overrides_from_args(args)
     table = run_table(args.recipes, args.data, args.out, seeds=args.seeds, overrides=over,
-                      n_boot=args.n_boot, progress=not args.no_progress)
+                      n_boot=args.n_boot, progress=not args.no_progress, folds=args.folds)
     print(table)
     return 0
 
@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", nargs="+", required=True, help="one folder / CSV per site")
     s.add_argument("--out", required=True)
     s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--folds", type=int, help="k-fold cross-validation by patient instead of seeds (MAG-SD: 5)")
     s.add_argument("--n-boot", type=int, default=200)
     s.add_argument("--no-progress", action="store_true")
     _add_train_overrides(s)

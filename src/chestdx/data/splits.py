@@ -20,7 +20,8 @@ import numpy as np
 from chestdx.data.layouts import SPLITS, Sample
 from chestdx.errors import ConfigError, DatasetError
 
-__all__ = ["patient_key", "patient_split", "kfold_split", "split_counts", "find_patient_leaks"]
+__all__ = ["patient_key", "patient_split", "kfold_split", "kfold_train_val_test", "split_counts",
+           "find_patient_leaks"]
 
 PatientKey = tuple[str, str]
 
@@ -153,6 +154,27 @@ def kfold_split(samples: Sequence[Sample], k: int, fold: int, seed: int = 0, str
             for i in groups[key]:
                 out[i].split = "test" if f == fold else "train"
     return out
+
+
+def kfold_train_val_test(samples: Sequence[Sample], k: int, fold: int, seed: int = 0,
+                         val_fraction: float = 0.15) -> list[Sample]:
+    """Fold ``fold`` of a patient-grouped k-fold as ``test``; its training patients split again into
+    ``train`` and ``val`` (``val_fraction`` of the images, patient-grouped, stratified) for model
+    selection.
+
+    Returns:
+        Copies of ``samples`` with ``split`` ``train``, ``val`` or ``test``.
+
+    Raises:
+        ConfigError: bad ``k``, ``fold`` or ``val_fraction``; DatasetError: fewer patients than folds.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
+    out = kfold_split(samples, k, fold, seed)
+    train = [replace(s, split=None) for s in out if s.split == "train"]
+    train = patient_split(train, (1.0 - val_fraction, val_fraction, 0.0), seed=seed)
+    it = iter(train)
+    return [next(it) if s.split == "train" else s for s in out]
 
 
 def find_patient_leaks(samples: Sequence[Sample]) -> dict[PatientKey, list[str]]:

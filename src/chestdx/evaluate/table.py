@@ -20,11 +20,16 @@ from chestdx.utils import write_json, write_text
 
 def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | Path, *, seeds: int = 3,
               overrides: dict[str, Any] | None = None, n_boot: int = 200, progress: bool = False,
-              metrics: Sequence[str] = ("accuracy", "precision", "recall", "f1")) -> str:
+              metrics: Sequence[str] = ("accuracy", "precision", "recall", "f1"),
+              folds: int | None = None) -> str:
     """Train and evaluate ``recipes`` x ``seeds``; returns the markdown table (also written).
 
     The data are read once: every recipe and seed sees the same samples and the same split (the
     split is seeded by the first seed), so the rows differ only by method and training seed.
+
+    With ``folds = k`` (k-fold cross-validation, e.g. MAG-SD's 5 folds) each seed is replaced by a
+    fold: run ``OUT/<recipe>/fold<f>`` tests on patient-grouped fold f and trains on the others
+    (15 % of their images, by patient, held out for validation); the table is mean +- std over folds.
     """
     import json
 
@@ -42,14 +47,22 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     raw: dict[str, list[dict[str, Any]]] = {}
     for name in recipes:
-        for s in range(seeds):
-            recipe = load_recipe(name, deep_merge(overrides, {"seed": first.seed + s}))
-            run_dir = out / recipe.name / f"seed{s}"
+        for s in range(folds or seeds):
+            if folds:
+                from chestdx.data.splits import kfold_train_val_test
+
+                recipe = load_recipe(name, overrides)
+                run_dir = out / recipe.name / f"fold{s}"
+                run_samples = kfold_train_val_test(samples, folds, s, seed=first.seed)
+            else:
+                recipe = load_recipe(name, deep_merge(overrides, {"seed": first.seed + s}))
+                run_dir = out / recipe.name / f"seed{s}"
+                run_samples = samples
             if (run_dir / "train.json").is_file():
                 run = Run(run_dir)
             else:
                 resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-                run = train(recipe, sources, run_dir, samples=None if resume else samples,
+                run = train(recipe, sources, run_dir, samples=None if resume else run_samples,
                             resume=resume, progress=progress)
             metrics_file = run_dir / "eval-test" / "metrics.json"
             if metrics_file.is_file():
@@ -63,7 +76,7 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
                 results.setdefault(recipe.name, {}).setdefault(site, []).append(block)
     write_json(out / "results.json", raw)
     table = seed_table(results, metrics=tuple(metrics))
-    header = (f"Recipes {', '.join(recipes)}; {seeds} seed(s); data {', '.join(str(s) for s in sources)}; "
+    header = (f"Recipes {', '.join(recipes)}; {f'{folds} folds' if folds else f'{seeds} seed(s)'}; data {', '.join(str(s) for s in sources)}; "
               f"overrides {overrides or 'none'}. Binary tasks report the positive class; multi-class tasks the macro average.\n\n")
     write_text(out / "table.md", header + table)
     return header + table
