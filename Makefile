@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint typecheck bench clean
+.PHONY: setup browser demo test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -18,7 +18,12 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/chestdx demo --out demo_out
 
-test: setup
+# the browser test drives Debian's chromium through Playwright (no browser download)
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser test will be skipped"
+
+test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
