@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse
 
 from chestdx.errors import DataError
 from chestdx.serve.inputs import UnsupportedType, study_from_bytes
@@ -143,9 +145,6 @@ def _answer_json(answer: Any, heatmap: bool) -> dict[str, Any]:
 def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16, batch_wait_ms: float = 5.0,
                max_slices: int | None = 64) -> Any:
     """The FastAPI app serving ``predictor`` (see the module docstring for the endpoints)."""
-    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-    from fastapi.responses import HTMLResponse
-
     from chestdx import __version__
 
     limit = int(max_upload_mb * 1024 * 1024)

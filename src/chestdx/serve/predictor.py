@@ -117,6 +117,16 @@ class Predictor:
         self._setup(recipe, model, class_names, card, procedure, device)
         self.path = Path(model_path)
 
+    @classmethod
+    def from_model(cls, recipe: Any, model: Any, card: dict[str, Any] | None = None,
+                   procedure: str | None = None, device: str = "cpu") -> Predictor:
+        """A predictor around a model in memory (e.g. freshly built for a benchmark)."""
+        self = cls.__new__(cls)
+        names = list(recipe.data.class_names)
+        self._setup(recipe, model, names, card or {"name": recipe.name, "class_names": names}, procedure, device)
+        self.path = Path(".")
+        return self
+
     def _setup(self, recipe: Any, model: Any, class_names: Sequence[str], card: dict[str, Any],
                procedure: str | None, device: str) -> None:
         if recipe.task not in ("slice", "cxr"):
