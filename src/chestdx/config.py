@@ -69,6 +69,10 @@ class DataConfig(_Strict):
     # task "sequence" (data/sequences.py): slices per sequence, and what to do with shorter scans
     sequence_length: int = Field(16, ge=1)
     short_scans: Literal["skip", "repeat"] = "skip"
+    # task "lesion" (data/lesions.py): segmentation data of the one-shot training (empty: the
+    # classification images that have a lesion mask), smallest lesion instance in pixels at image_size
+    segmentation_sources: tuple[str, ...] = ()
+    min_lesion_area: int = Field(4, ge=0)
 
     @field_validator("class_names")
     @classmethod

@@ -17,7 +17,7 @@ from chestdx import __version__
 from chestdx.config import Recipe
 from chestdx.engine.checkpointing import AtomicCheckpointIO
 from chestdx.engine.datamodule import ChestDataModule, load_samples
-from chestdx.engine.run import Run, read_samples, save_run_start
+from chestdx.engine.run import Run, read_samples, save_run_start, write_samples
 from chestdx.engine.task import ChestTask
 from chestdx.errors import RunError
 from chestdx.utils import write_json
@@ -78,10 +78,18 @@ def train(recipe: Recipe, sources: Sequence[str | Path], out: str | Path, *, res
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     if samples is None:
         samples = load_samples(sources, recipe, check=check_files)
-    dm = ChestDataModule(recipe, samples)
+    if recipe.task == "lesion":  # Algorithm 1 of the affinity paper: paired batches, two steps (engine/lesion.py)
+        from chestdx.engine.lesion import LesionDataModule, LesionTask
+
+        seg = read_samples(out / "segmentation_samples.csv") if resume else None
+        dm: ChestDataModule = LesionDataModule(recipe, samples, seg)
+    else:
+        dm = ChestDataModule(recipe, samples)
     if not resume:
         save_run_start(out, recipe, dm.samples, [str(s) for s in sources], dm.summary(), dm.site_names)
-    task = ChestTask(recipe, dm.class_counts)
+        if recipe.task == "lesion":
+            write_samples(out / "segmentation_samples.csv", dm.seg_samples)  # type: ignore[attr-defined]
+    task = (LesionTask if recipe.task == "lesion" else ChestTask)(recipe, dm.class_counts)
     tc = recipe.trainer
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=tc.monitor,
                            mode=tc.monitor_mode, save_last=True, save_top_k=1, enable_version_counter=False)

@@ -79,6 +79,15 @@ def _magsd(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
         raise ConfigError(f"model 'magsd': bad params {cfg.params}: {e}") from None
 
 
+@register_model("affinity")
+def _affinity(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """Mask R-CNN + lesion-mask affinity classifier; ``params``: affinities, roi_batch, sieve_stages,
+    fpn_channels, mask_channels, ... (see models/affinity.py)."""
+    from chestdx.models.affinity import build_affinity_model
+
+    return build_affinity_model(cfg, num_classes, in_chans)
+
+
 __all__ = [
     "ChestModel",
     "ModelOutput",

@@ -1,0 +1,46 @@
+"""One-shot training of the affinity model (task: lesion) on tiny phantom slices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from chestdx.config import load_recipe
+
+TINY_AFFINITY = [
+    "data.image_size=64", "data.batch_size=4", "data.min_lesion_area=4", "trainer.epochs=2",
+    "trainer.limit_train_batches=2", "model.backbone=resnet18", "model.head_hidden=32",
+    "model.params={affinities: 16, roi_batch: 4, sieve_stages: 1, fpn_channels: 32, mask_channels: 32, "
+    "box_hidden: 64, rpn_pre_nms_top_n: [100, 50], rpn_post_nms_top_n: [50, 30], "
+    "rpn_batch_size_per_image: 32, box_batch_size_per_image: 32}",
+    "optim.lr=1e-3", "optim.weight_decay=0",
+]
+"""Overrides that shrink the affinity recipes (ResNet-50 FPN, 512 px, 100 epochs) to seconds."""
+
+
+def test_one_shot_training_on_phantom(phantom_slices, tmp_path):
+    from chestdx.engine.run import Run
+    from chestdx.engine.train import train
+
+    recipe = load_recipe("affinity_64", TINY_AFFINITY)
+    run = train(recipe, [phantom_slices], tmp_path / "run", progress=False,
+                trainer_overrides={"limit_val_batches": 1})
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(hist) == 2
+    for row in hist:
+        for key in ("train_loss", "train_seg_loss", "train_cls_loss", "val_loss", "val_seg_loss", "val_cls_loss"):
+            assert torch.isfinite(torch.tensor(row[key])), (key, row)
+        assert row["val_loss"] == pytest.approx(row["val_seg_loss"] + row["val_cls_loss"], rel=1e-5)
+    # the segmentation loss moves down from its random start within a few steps
+    assert hist[1]["train_seg_loss"] < hist[0]["train_seg_loss"]
+    assert hist[0]["train_copies"] >= 1  # L_SEG(1) < L_SEG(0) = inf always copies
+    assert (tmp_path / "run" / "segmentation_samples.csv").is_file()
+    model = Run(run.path).load_model()  # a lesion run loads back as a plain ChestTask
+    assert int(model.copies) >= 1
+    x = torch.randn(2, 1, 64, 64)
+    out = model(x)
+    assert out.logits.shape == (2, 3) and out.maps["affinity"].shape == (2, 16, 32)
+    det = model.detect(x)
+    assert len(det) == 2 and det[0]["masks"].shape[1:] == (1, 64, 64)
