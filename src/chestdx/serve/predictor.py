@@ -40,7 +40,8 @@ class Prediction:
         source: the file (or a name for an in-memory input).
         probs: class name -> probability.
         label: the predicted class name.
-        heatmap: ``(S, S)`` CAM in ``[0, 1]`` at model resolution, where asked for.
+        heatmap: ``(S, S)`` map in ``[0, 1]`` at model resolution, where asked for: CAM, or the
+            model's own attention for ATT2 / MAG-SD (``details["heatmap_kind"]``).
         image: ``(S, S)`` the preprocessed image scaled to ``[0, 1]`` (for overlays), with a heatmap.
         details: procedure extras (CAM voting: ``flipped``, ``vote_probs`` of the k masked copies).
     """
@@ -140,6 +141,7 @@ class Predictor:
         self.procedure = procedure or recipe.inference.name
         self.params = dict(recipe.inference.params) if self.procedure == recipe.inference.name else {}
         self._pre = LoadPreprocess(recipe.data)
+        self.heatmap_kind = "auto"  # see chestdx.explain.heatmap: ATT2 / MAG-SD attention, else CAM
         self._lock = threading.Lock()  # one forward at a time on a shared model
 
     @property
@@ -177,15 +179,18 @@ class Predictor:
         images = images.to(self.device)
         with self._lock:
             res = run_procedure(self.procedure, self.params, self.model, images)
-            maps = None
+            maps, kind = None, None
             if heatmap:
-                from chestdx.explain.cam import cam
+                from chestdx.explain.heatmap import heatmap as explain
 
-                maps = cam(self.model, images).detach().cpu().numpy()
+                hm, kind = explain(self.model, images, self.heatmap_kind)
+                maps = hm.cpu().numpy()
         probs = res.probs.float().cpu().numpy()
         out = []
         for i, src in enumerate(sources):
             det = {k: v[i].item() if v[i].numel() == 1 else v[i].tolist() for k, v in res.details.items()}
+            if kind is not None:
+                det["heatmap_kind"] = kind
             out.append(Prediction(
                 source=src, probs={c: float(p) for c, p in zip(self.class_names, probs[i], strict=True)},
                 label=self.class_names[int(probs[i].argmax())],

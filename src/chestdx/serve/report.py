@@ -52,7 +52,13 @@ def _image_section(answer: Any) -> str:
     return ('<div class="pair">'
             f'<figure><img src="{_uri(answer.image)}" alt="input"><figcaption>input (preprocessed)</figcaption></figure>'
             f'<figure><img src="{_uri(overlay_heatmap(answer.image, answer.heatmap))}" alt="heatmap overlay">'
-            "<figcaption>heatmap (CAM) overlay: where the model looked</figcaption></figure></div>")
+            f"<figcaption>heatmap ({html.escape(_kind_name(answer))}) overlay: where the model looked</figcaption>"
+            "</figure></div>")
+
+
+def _kind_name(answer: Any) -> str:
+    return {"cam": "CAM", "att2": "ATT2 attention", "attention": "MAG-SD attention"}.get(
+        answer.details.get("heatmap_kind", "cam"), "CAM")
 
 
 def _browser(answer: Any, class_names: list[str]) -> str:
