@@ -72,6 +72,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
                                         size=args.size, seed=args.seed)
         print(f"wrote {manifest}")
         return 0
+    if args.kind == "volume":
+        from chestdx.data.phantom_volumes import synthesize_volumes
+
+        depth = args.slices_per_patient if args.slices_per_patient is not None else max(4, args.size // 2)
+        manifest = synthesize_volumes(args.out, n_patients_per_class=args.patients, num_classes=args.classes,
+                                      sites=args.sites, shape=(depth, args.size, args.size), seed=args.seed)
+        print(f"wrote {manifest}")
+        return 0
     if args.kind != "slice":
         raise ChestdxError(f"--kind {args.kind} is not available yet; this version makes --kind slice")
     manifest = synthesize_slices(
@@ -99,6 +107,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, _overrides_from_args(args))
     run = train(recipe, args.data or [], args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {run.path} (best checkpoint {run.checkpoint('best').name})")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    import json
+
+    from chestdx.engine.ensemble import ensemble_runs
+
+    params = json.loads(args.params) if args.params else None
+    res = ensemble_runs(args.runs, args.data, split=args.split, out=args.out, procedure=args.procedure,
+                        procedure_params=params, n_boot=args.n_boot, which=args.checkpoint,
+                        progress=not args.no_progress)
+    o = res["overall"]
+    print(f"ensemble of {len(args.runs)} runs on {res['split']} ({res['n_images']} scans): "
+          f"accuracy {o['accuracy']['value']:.4f} [{o['accuracy']['low']:.4f}, {o['accuracy']['high']:.4f}], "
+          f"macro F1 {o['macro_f1']['value']:.4f} [{o['macro_f1']['low']:.4f}, {o['macro_f1']['high']:.4f}]")
+    for path, m in res["members"].items():
+        print(f"  member {path} ({m['recipe']}, {m['procedure']}): accuracy {m['accuracy']:.4f}, "
+              f"macro F1 {m['macro_f1']:.4f}")
     return 0
 
 
@@ -248,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sites", type=int, default=1)
     s.add_argument("--patients", type=int, default=40, help="patients per class and site")
     s.add_argument("--slices-per-patient", type=int,
-                   help="slices per patient (default 2); --kind sequence: slices per scan (default 20)")
+                   help="slices per patient (default 2); --kind sequence: slices per scan (default 20); "
+                        "--kind volume: slices per volume (default --size / 2)")
     s.add_argument("--min-slices", type=int,
                    help="--kind sequence: draw each scan's slice count in [MIN, --slices-per-patient]")
     s.add_argument("--size", type=int, default=128)
@@ -298,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--procedure")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("ensemble", help="inter-model ensemble: average several runs' probabilities and score "
+                                        "them (CMC-COV19D Model5)")
+    s.add_argument("runs", nargs="+", help="run folders")
+    s.add_argument("--data", nargs="+", help="data to score (default: the first run's own samples)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--out", help="output folder (default RUN1/ensemble-SPLIT)")
+    s.add_argument("--procedure", help="inference procedure for every run, e.g. intra_ensemble "
+                                       "(default: each run's own)")
+    s.add_argument("--params", help='procedure parameters as JSON, e.g. \'{"views": 3, "depth": 64}\'')
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--n-boot", type=int, default=1000)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_ensemble)
 
     s = sub.add_parser("table", help="train recipes x seeds, evaluate per site, write a paper-style table")
     s.add_argument("recipes", nargs="+", help="recipe names or paths (the table's rows)")

@@ -66,6 +66,11 @@ class DataConfig(_Strict):
     cache: bool = True
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    # task "volume" (data/volume_dataset.py): slices after resizing (H = W = image_size), and the
+    # folder of the on-disk cache of preprocessed volumes (default $CHESTDX_CACHE_DIR, else
+    # ~/.cache/chestdx/volumes)
+    volume_depth: int = Field(128, ge=1)
+    cache_dir: str | None = None
     # task "sequence" (data/sequences.py): slices per sequence, and what to do with shorter scans
     sequence_length: int = Field(16, ge=1)
     short_scans: Literal["skip", "repeat"] = "skip"
@@ -131,8 +136,10 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "step"] = "none"
+    scheduler: Literal["none", "cosine", "step", "multistep"] = "none"
     step_size: int = 30
+    # multistep: lr times gamma at these fractions of trainer.epochs (cmc-cov19d: 0.3 and 0.8)
+    milestones: tuple[float, ...] = ()
     gamma: float = 0.1
 
 

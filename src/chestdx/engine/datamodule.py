@@ -40,10 +40,17 @@ def load_samples(sources: Sequence[str | Path], recipe: Recipe, check: bool = Tr
 
     if not sources:
         raise DatasetError("no data given: pass --data FOLDER_OR_CSV (one per site)")
-    samples = load_sources([str(s) for s in sources], tuple(recipe.data.class_names))
+    if recipe.task == "volume":
+        from chestdx.data.volume_dataset import check_volume_samples, load_volume_sources
+
+        samples = load_volume_sources([str(s) for s in sources], tuple(recipe.data.class_names))
+    else:
+        samples = load_sources([str(s) for s in sources], tuple(recipe.data.class_names))
     if any(s.split is None for s in samples):
         samples = patient_split(samples, tuple(recipe.data.split_fractions), seed=recipe.seed)
-    if check:
+    if check and recipe.task == "volume":
+        check_volume_samples(samples)
+    elif check:
         check_samples(samples, read=True)
     return samples
 
@@ -123,6 +130,10 @@ class ChestDataModule(L.LightningDataModule):
                 self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,
                 site_names=self.site_names,
             )
+        if key not in self._datasets and self.recipe.task == "volume":
+            from chestdx.data.volume_dataset import VolumeDataset
+
+            self._datasets[key] = VolumeDataset(self.split_samples(split), self.cfg, site_names=self.site_names)
         if key not in self._datasets:
             self._datasets[key] = SliceDataset(
                 self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,

@@ -105,3 +105,6 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
         for key, v in res.details.items():
             cols.setdefault(key, []).append(v.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+from chestdx.engine import ensemble as _ensemble  # noqa: E402, F401  (registers intra_ensemble)

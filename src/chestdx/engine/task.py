@@ -124,6 +124,10 @@ class ChestTask(L.LightningModule):
             sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.recipe.trainer.epochs)
         elif o.scheduler == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
+        elif o.scheduler == "multistep":
+            epochs = self.recipe.trainer.epochs
+            steps = sorted({max(1, round(f * epochs)) for f in o.milestones})
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=o.gamma)
         else:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -143,6 +143,10 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
             raise DatasetError(f"no '{split}' scan has {recipe.data.sequence_length} slices "
                                f"({seq_report.skipped_short} skipped); set data.short_scans=repeat to pad them")
         ds = SequenceDataset(chosen, recipe.data, train=False, site_names=run.site_names or None, cache=False)
+    elif recipe.task == "volume":
+        from chestdx.data.volume_dataset import VolumeDataset
+
+        ds = VolumeDataset(chosen, recipe.data, site_names=run.site_names or None)
     else:
         ds = SliceDataset(chosen, recipe.data, train=False, site_names=run.site_names or None, cache=False)
     loader = DataLoader(ds, batch_size=recipe.data.batch_size, shuffle=False)
@@ -175,7 +179,7 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         result["scan"]["aggregate"] = scan_aggregate
         result["scan"]["n_scans"] = len(answers.scan_ids)
         write_scan_answers(out / "scans.csv", answers, class_names)
-    if localisation and seq_report is None and any(s.mask for s in chosen):
+    if localisation and seq_report is None and recipe.task != "volume" and any(s.mask for s in chosen):
         from chestdx.explain.attention_masks import localisation_iou
 
         loc = localisation_iou(model, loader, overlays_dir=out / "attention")

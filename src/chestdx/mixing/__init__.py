@@ -55,6 +55,7 @@ from chestdx.mixing.attention_guided import (  # noqa: E402
     attention_patching,
 )
 from chestdx.mixing.box import snapmix, snapmix_weights  # noqa: E402  (after the registry: import cycle)
+from chestdx.mixing.views import CMCViews  # noqa: E402
 
-__all__ = ["AttentionGuided", "attention_dimming", "attention_mixup", "attention_patching", "build_mixer",
+__all__ = ["AttentionGuided", "CMCViews", "attention_dimming", "attention_mixup", "attention_patching", "build_mixer",
            "mixer_names", "register_mixer", "snapmix", "snapmix_weights"]

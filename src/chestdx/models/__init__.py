@@ -13,6 +13,7 @@ from chestdx.errors import ConfigError
 from chestdx.models.backbones import backbone_names, build_resnet, imagenet_weight_file
 from chestdx.models.base import ChestModel, ModelOutput
 from chestdx.models.classifier import ResNetMLP
+from chestdx.models.inflate import Inflated3DNet, inflate_2d_to_3d
 
 _BUILDERS: dict[str, Callable[..., ChestModel]] = {}
 
@@ -60,6 +61,16 @@ def _resnet_att2(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
         raise ConfigError(f"model 'resnet_att2': bad params {cfg.params}: {e}") from None
 
 
+@register_model("inflated3d")
+def _inflated3d(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """Inflated 3D ResNet / ResNeSt of CMC-COV19D; ``params``: time_kernel, depth_stride, checkpointing
+    (models/inflate.py)."""
+    try:
+        return Inflated3DNet(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
+    except TypeError as e:
+        raise ConfigError(f"model 'inflated3d': bad params {cfg.params}: {e}") from None
+
+
 @register_model("att2_bilstm")
 def _att2_bilstm(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
     """Frozen slice encoder + Bi-LSTM with soft attention; ``params``: encoder, chunk (models/sequence.py)."""
@@ -90,12 +101,14 @@ def _affinity(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
 
 __all__ = [
     "ChestModel",
+    "Inflated3DNet",
     "ModelOutput",
     "ResNetMLP",
     "backbone_names",
     "build_model",
     "build_resnet",
     "imagenet_weight_file",
+    "inflate_2d_to_3d",
     "model_names",
     "register_model",
 ]

@@ -123,6 +123,7 @@ def _ce(num_classes: int, class_counts: Sequence[int] | None = None, **params: A
 
 
 from chestdx.objectives.contrastive import supcon_loss  # noqa: E402  (after the registry: import cycle)
+from chestdx.objectives.joint import mixup_loss, uncertainty_weighting  # noqa: E402
 from chestdx.objectives.patch_contrastive import cpe_loss  # noqa: E402
 from chestdx.objectives.per_class_bce import per_class_bce  # noqa: E402
 from chestdx.objectives.soft_distance import soft_distance  # noqa: E402
@@ -132,10 +133,12 @@ __all__ = [
     "build_objective",
     "cpe_loss",
     "inverse_frequency_weights",
+    "mixup_loss",
     "objective_names",
     "per_class_bce",
     "register_objective",
     "soft_cross_entropy",
     "soft_distance",
     "supcon_loss",
+    "uncertainty_weighting",
 ]

@@ -79,15 +79,21 @@ class SupCon(nn.Module):
 
     For a mixed batch the label is ``batch["label"]``, the first image's label (SnapMix keeps it);
     the contrastive pull then treats a mixed image as its first image's class.
+
+    ``normalize_input=True`` L2-normalises the embedding before the projection too (cmc-cov19d Sec.
+    3.2: "the representations are normalized to the unit hypersphere", then projected and normalised
+    again).
     """
 
     def __init__(self, num_classes: int, temperature: float = 0.1, projection: bool = True,
-                 in_dim: int | None = None, hidden_dim: int = 512, proj_dim: int = 128):
+                 in_dim: int | None = None, hidden_dim: int = 512, proj_dim: int = 128,
+                 normalize_input: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"supcon: temperature must be > 0, got {temperature}")
         self.num_classes = num_classes
         self.temperature = float(temperature)
+        self.normalize_input = bool(normalize_input)
         self.head: nn.Module | None = None
         if projection:
             first = nn.Linear(in_dim, hidden_dim) if in_dim else nn.LazyLinear(hidden_dim)
@@ -98,6 +104,8 @@ class SupCon(nn.Module):
         if emb is None:
             raise ValueError("the supcon objective needs a model whose output has a pooled embedding")
         emb = emb.flatten(1).float()
+        if self.normalize_input:
+            emb = F.normalize(emb, dim=1)
         if self.head is not None:
             emb = self.head(emb)
         return supcon_loss(F.normalize(emb, dim=1), batch["label"], self.temperature)
