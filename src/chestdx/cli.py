@@ -134,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     res = evaluate_run(args.run, args.data, split=args.split, out=args.out, procedure=args.procedure,
                        aggregate=args.aggregate, n_boot=args.n_boot, which=args.checkpoint,
-                       scan_aggregate=args.scan_aggregate,
+                       scan_aggregate=args.scan_aggregate, segmentation_sources=args.seg_data,
                        progress=not args.no_progress)
     print(metrics_report_markdown(res, f"{Path(args.run).name} on {args.split}"))
     return 0
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aggregate", choices=["mean", "max", "majority"], help="also patient-level metrics")
     s.add_argument("--scan-aggregate", choices=["mean", "max", "majority"],
                    help="also one answer per scan from the slice answers (scans.csv; scan ids from file names)")
+    s.add_argument("--seg-data", nargs="+", help="task lesion: segmentation data whose --split images are "
+                   "scored for mask AP (default: the run's own segmentation split)")
     s.add_argument("--n-boot", type=int, default=1000)
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.add_argument("--no-progress", action="store_true")

@@ -44,3 +44,14 @@ def test_one_shot_training_on_phantom(phantom_slices, tmp_path):
     assert out.logits.shape == (2, 3) and out.maps["affinity"].shape == (2, 16, 32)
     det = model.detect(x)
     assert len(det) == 2 and det[0]["masks"].shape[1:] == (1, 64, 64)
+
+    from chestdx.evaluate.run import evaluate_run
+
+    res = evaluate_run(run, n_boot=5)
+    seg = res["segmentation"]
+    assert seg["n_images"] > 0 and set(seg["paper"]) == set(seg["coco"]) == {"AP", "AP50", "AP75"}
+    assert 0.0 <= seg["paper"]["AP"] <= 1.0
+    assert "eq14_f1" in res["lesion_classification"]
+    md = (tmp_path / "run" / "eval-test" / "metrics.md").read_text()
+    assert "not** the usual F1" in md and "AP@0.75" in md
+    assert list((tmp_path / "run" / "eval-test" / "lesions").glob("*.png"))

@@ -86,6 +86,10 @@ def metrics_report_markdown(result: dict[str, Any], title: str) -> str:
         parts.append(f"### {title}: attention-mask localisation\n\n"
                      f"IoU of the Otsu attention masks with the lesion masks, {loc['n_images']} images with a lesion: "
                      f"mean {loc['iou_mean']:.3f}, median {loc['iou_median']:.3f} (Dice mean {loc['dice_mean']:.3f})")
+    if "segmentation" in result or "lesion_classification" in result:
+        from chestdx.evaluate.lesion import lesion_markdown
+
+        parts.append(lesion_markdown(result, title))
     return "\n\n".join(parts) + "\n"
 
 
@@ -93,7 +97,8 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
                  out: str | Path | None = None, *, procedure: str | None = None,
                  procedure_params: dict[str, Any] | None = None, aggregate: str | None = None,
                  n_boot: int = 1000, which: str = "best", progress: bool = False,
-                 scan_aggregate: str | None = None, localisation: bool = True) -> dict[str, Any]:
+                 scan_aggregate: str | None = None, localisation: bool = True,
+                 segmentation_sources: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Evaluate a run on ``split`` of its own data (or of ``sources``).
 
     A ``task: sequence`` run is scored per sequence (one row per scan in ``predictions.csv``; the
@@ -105,6 +110,8 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     Args:
         procedure: inference procedure; default the recipe's (``plain`` or e.g. ``cam_voting``).
         aggregate: ``mean`` / ``max`` / ``majority`` patient-level aggregation, or None.
+        segmentation_sources: ``task: lesion``: score the masks of these segmentation sources'
+            ``split`` (default the run's ``segmentation_samples.csv``); see :mod:`chestdx.evaluate.lesion`.
         scan_aggregate: ``mean`` / ``majority`` / ``max``: also one answer per scan from the slice
             answers (metrics under ``"scan"``, rows in ``scans.csv``); slice runs only.
         localisation: score attention masks against lesion masks where possible.
@@ -179,13 +186,19 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         result["scan"]["aggregate"] = scan_aggregate
         result["scan"]["n_scans"] = len(answers.scan_ids)
         write_scan_answers(out / "scans.csv", answers, class_names)
-    if localisation and seq_report is None and recipe.task != "volume" and any(s.mask for s in chosen):
+    if localisation and seq_report is None and recipe.task not in ("volume", "lesion") \
+            and any(s.mask for s in chosen):
         from chestdx.explain.attention_masks import localisation_iou
 
         loc = localisation_iou(model, loader, overlays_dir=out / "attention")
         if loc["n_images"]:
             result["localisation"] = {k: v for k, v in loc.items() if k != "per_image"}
             write_json(out / "localisation.json", loc)
+    if recipe.task == "lesion":  # affinity paper: Eq. 14 F1 and COCO mask AP (evaluate/lesion.py)
+        from chestdx.evaluate.lesion import lesion_run_results
+
+        result.update(lesion_run_results(run, model, preds["label"].astype(int), preds["probs"], split, out,
+                                         segmentation_sources))
     if "flipped" in preds:
         result["flipped"] = int(preds["flipped"].sum())
     write_json(out / "metrics.json", result)
