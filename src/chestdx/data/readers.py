@@ -78,29 +78,32 @@ def is_image_file(path: str | Path) -> bool:
 # --------------------------------------------------------------------------------------- sniffing
 
 
-def _sniff(path: Path) -> str | None:
-    """Guess the file kind from its first bytes: pil / dicom / nifti / npy / gzip, or None."""
-    with open(path, "rb") as f:
-        head = f.read(544)
+def sniff_head(head: bytes) -> str | None:
+    """The kind of some content from its first bytes (548 suffice): ``dicom``, ``npy``, ``gzip``,
+    ``png``, ``jpeg``, ``tiff``, ``bmp``, ``gif``, ``zip``, ``nifti`` or None."""
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if (
-        head.startswith(b"\x89PNG\r\n\x1a\n")
-        or head.startswith(b"\xff\xd8\xff")
-        or head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
-        or head.startswith(b"BM")
-        or head.startswith((b"GIF87a", b"GIF89a"))
-    ):
-        return "pil"
+    for magic, kind in ((b"\x93NUMPY", "npy"), (b"\x1f\x8b", "gzip"), (b"\x89PNG\r\n\x1a\n", "png"),
+                        (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"II+\x00", "tiff"),
+                        (b"MM\x00+", "tiff"), (b"BM", "bmp"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+                        (b"PK\x03\x04", "zip")):
+        if head.startswith(magic):
+            return kind
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return "nifti"
     if len(head) >= 8 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
         return "nifti"
     return None
+
+
+_PIL_KINDS = ("png", "jpeg", "tiff", "bmp", "gif")
+
+
+def _sniff(path: Path) -> str | None:
+    """Guess the file kind from its first bytes: pil / dicom / nifti / npy / gzip, or None."""
+    with open(path, "rb") as f:
+        kind = sniff_head(f.read(548))
+    return "pil" if kind in _PIL_KINDS else (None if kind == "zip" else kind)
 
 
 def _kind(path: Path) -> str:

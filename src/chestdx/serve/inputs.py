@@ -42,27 +42,18 @@ class Study:
 
 
 def sniff_bytes(head: bytes) -> str | None:
-    """The file kind of some content from its first bytes (at least 548), or None when unknown."""
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    if head.startswith(b"BM"):
-        return "bmp"
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(b"\x1f\x8b"):
+    """The kind of uploaded content from its first bytes (at least 548): one of
+    :data:`SUPPORTED_UPLOADS`, or None when it is none of them."""
+    from chestdx.data.readers import sniff_head
+
+    kind = sniff_head(head)
+    if kind == "gzip":
         return "nifti-gz"  # the only gzip content accepted; the reader refuses other gzip files
-    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return "nifti"
+    if kind in SUPPORTED_UPLOADS:
+        return kind
     # DICOM written without the 128-byte preamble: starts with a group 0x0008 (or 0x0002) tag
-    if len(head) >= 4 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[2:4] in (b"\x05\x00", b"\x16\x00", b"\x18\x00", b"\x00\x00", b"\x01\x00"):
+    if len(head) >= 4 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[2:4] in (
+            b"\x05\x00", b"\x16\x00", b"\x18\x00", b"\x00\x00", b"\x01\x00"):
         return "dicom"
     return None
 
