@@ -67,7 +67,7 @@ def test_att2_resnet18_shapes_maps_and_gradients():
     x = torch.randn(2, 1, 64, 64)
     out = m(x)
     assert out.logits.shape == (2, 3)
-    assert out.embedding.shape == (2, 256 + 512) and m.feature_dim == 768
+    assert out.embedding.shape == (2, 256 + 512) and m.embedding_dim == 768 and m.feature_dim == 256
     assert out.features.shape == (2, 256, 4, 4)
     assert out.maps["att1"].shape == (2, 4, 4) and out.maps["att2"].shape == (2, 2, 2)
     for k in ("att1", "att2"):
@@ -82,7 +82,7 @@ def test_att2_resnet18_shapes_maps_and_gradients():
 
 def test_att2_resnet50_is_the_papers_size():
     m = ResNetATT2(3, "resnet50")
-    assert m.local_channels == (1024, 2048) and m.feature_dim == 3072
+    assert m.local_channels == (1024, 2048) and m.embedding_dim == 3072
     assert len(m.tail) == 3 and type(m.tail[0]).__name__ == "Bottleneck"
     with torch.no_grad():
         out = m(torch.randn(1, 1, 224, 224))

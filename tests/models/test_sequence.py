@@ -56,6 +56,8 @@ def test_sequence_classifier_shapes_frozen_encoder_and_gradients():
         m.eval()
         a, b = m(x), m(out.features.detach())
     assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(m.forward_head(m.forward_features(x))[0], a.logits, atol=1e-5)
 
 
 def test_att2_bilstm_recipe_needs_an_encoder(tmp_path):

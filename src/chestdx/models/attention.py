@@ -104,8 +104,8 @@ class ResNetATT2(ChestModel):
     """ResNet + 3-block tail + two attention modules (layer3, layer4) + linear classifier.
 
     Shapes (ResNet-50 at 224 px; ResNet-18 has 256 / 512 channels and a 768 embedding):
-    input ``(B, in_chans, H, W)``; ``features`` = layer3 output ``(B, 1024, H/16, W/16)``;
-    ``embedding`` ``(B, 3072)``; ``logits`` ``(B, K)``; ``maps["att1"]`` ``(B, H/16, W/16)`` and
+    input ``(B, in_chans, H, W)``; ``features`` = layer3 output ``(B, 1024, H/16, W/16)``
+    (``feature_dim`` 1024); ``embedding`` ``(B, 3072)`` (``embedding_dim``); ``logits`` ``(B, K)``; ``maps["att1"]`` ``(B, H/16, W/16)`` and
     ``maps["att2"]`` ``(B, H/32, W/32)``, each a softmax over positions (sums to 1 per image).
 
     Args:
@@ -136,9 +136,10 @@ class ResNetATT2(ChestModel):
         self.tail = nn.Sequential(*[block_type(c4, c4 // expansion) for _ in range(tail_blocks)])
         self.att1 = GridAttention(c3, c4, compatibility)
         self.att2 = GridAttention(c4, c4, compatibility)
-        self.feature_dim = c3 + c4
+        self.feature_dim = c3  # channels of ``features`` (layer3)
+        self.embedding_dim = c3 + c4  # the concatenated attended features
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self.classifier = nn.Linear(self.embedding_dim, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, in_chans, H, W)`` -> layer3 output ``(B, C3, H/16, W/16)``."""

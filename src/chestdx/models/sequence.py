@@ -118,7 +118,7 @@ class SequenceClassifier(ChestModel):
         self.encoder.eval()
         self.num_classes = num_classes
         self.in_chans = encoder.in_chans
-        self.embed_dim = int(encoder.feature_dim)
+        self.embed_dim = int(getattr(encoder, "embedding_dim", encoder.feature_dim))
         self.feature_dim = 2 * hidden
         self.chunk = chunk
         self.encoder_image_size: int | None = None  # the image size the encoder was trained at
