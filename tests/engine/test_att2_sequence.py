@@ -91,6 +91,23 @@ def test_bilstm_on_frozen_att2_embeddings(att2_run, phantom_scans, tmp_path):
     assert rep.skipped_short == sum(n < 9 for n in n_per_scan.values()) and len(seqs) == rep.kept
 
 
+def test_bilstm_with_precomputed_embeddings(att2_run, phantom_scans, tmp_path):
+    over = {"data": {"image_size": 32, "batch_size": 4, "sequence_length": 8},
+            "model": {"head_hidden": 8, "params": {"encoder": str(att2_run), "precompute_embeddings": True}},
+            "trainer": {"epochs": 2}}
+    recipe = load_recipe("att2_bilstm", over)
+    from chestdx.engine.datamodule import ChestDataModule, load_samples
+
+    dm = ChestDataModule(recipe, load_samples([phantom_scans], recipe, check=False))
+    item = dm.dataset("train")[0]
+    assert item["image"].shape == (8, 256 + 512) and "lesion" not in item  # (T, D) embeddings
+    run = train(recipe, [phantom_scans], tmp_path / "seq", progress=False)
+    hist = json.loads((run.path / "history.json").read_text())
+    assert len(hist) == 2 and all(r["train_loss"] > 0 for r in hist)
+    res = evaluate_run(run, n_boot=0)  # evaluation runs the encoder on the images again
+    assert res["n_images"] == 3
+
+
 def test_tiny_fit_moves_the_loss():
     torch.manual_seed(0)
     recipe = load_recipe("att2", {**SLICE_TINY, "model": {**SLICE_TINY["model"], "params": {"tail_blocks": 1}}})

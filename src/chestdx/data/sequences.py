@@ -33,6 +33,7 @@ __all__ = [
     "SequenceSample",
     "SequenceDataset",
     "build_sequences",
+    "embed_slices",
     "group_scans",
     "scan_id_of",
     "slice_number",
@@ -201,16 +202,21 @@ class SequenceDataset(torch.utils.data.Dataset):
     Items: ``image (T, 1, S, S)``, ``lesion (T, 1, S, S)``, ``has_mask (T,)`` bool, ``label``,
     ``site`` and ``index`` (position in ``sequences``) long.
 
+    With an ``encoder`` the slices are embedded once, up front (no augmentation, batches of
+    ``batch_size``), and ``image`` is the embedding sequence ``(T, D)`` instead (no ``lesion``):
+    the fast path for a frozen encoder when the images need no augmentation.
+
     Args:
         sequences: the records of :func:`build_sequences`.
         cfg: the recipe's data section.
-        train: apply the augmentation.
+        train: apply the augmentation (ignored with ``encoder``).
         site_names: ordered site names (index = ``site`` value).
         cache: cache preprocessed slices (default ``cfg.cache``).
+        encoder: a frozen :class:`~chestdx.models.ChestModel` whose ``embedding`` is precomputed.
     """
 
     def __init__(self, sequences: Sequence[SequenceSample], cfg: DataConfig, train: bool = False,
-                 site_names: Sequence[str] | None = None, cache: bool | None = None):
+                 site_names: Sequence[str] | None = None, cache: bool | None = None, encoder: Any = None):
         from chestdx.data.datasets import SliceDataset
         from chestdx.data.transforms import Augment
 
@@ -229,19 +235,28 @@ class SequenceDataset(torch.utils.data.Dataset):
                 row.append(unique[s.path])
             self._rows.append(row)
         self.slices = SliceDataset(slices, cfg, train=False, site_names=self.site_names, cache=cache)
-        self.augment = Augment(cfg.augment) if train else None
+        self.augment = Augment(cfg.augment) if train and encoder is None else None
+        self.embeddings: torch.Tensor | None = None
+        if encoder is not None:
+            self.embeddings = embed_slices(encoder, self.slices, cfg.batch_size)
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        seq = self.sequences[i]
+        if self.embeddings is not None:
+            return {"image": self.embeddings[self._rows[i]],
+                    "has_mask": torch.tensor([bool(s.mask) for s in seq.slices]),
+                    "label": torch.tensor(seq.label, dtype=torch.long),
+                    "site": torch.tensor(self._site_index.get(seq.site, 0), dtype=torch.long),
+                    "index": torch.tensor(i, dtype=torch.long)}
         items = [self.slices[j] for j in self._rows[i]]
         image = torch.stack([it["image"] for it in items])  # (T, 1, S, S)
         lesion = torch.stack([it["lesion"] for it in items])
         if self.augment is not None:
             aug = self.augment({"image": image, "lesion": lesion})
             image, lesion = aug["image"], aug["lesion"]
-        seq = self.sequences[i]
         return {
             "image": image,
             "lesion": lesion,
@@ -250,3 +265,18 @@ class SequenceDataset(torch.utils.data.Dataset):
             "site": torch.tensor(self._site_index.get(seq.site, 0), dtype=torch.long),
             "index": torch.tensor(i, dtype=torch.long),
         }
+
+
+def embed_slices(encoder: Any, slices: Any, batch_size: int = 32) -> torch.Tensor:
+    """Embeddings ``(N, D)`` of every item of a slice dataset by a frozen model (eval mode, no grad)."""
+    from torch.utils.data import DataLoader
+
+    encoder.eval()
+    out = []
+    with torch.no_grad():
+        for batch in DataLoader(slices, batch_size=batch_size, shuffle=False):
+            emb = encoder(batch["image"]).embedding
+            if emb is None:
+                raise ConfigError(f"the encoder {type(encoder).__name__} gives no embedding")
+            out.append(emb.float())
+    return torch.cat(out)

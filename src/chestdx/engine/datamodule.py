@@ -128,7 +128,7 @@ class ChestDataModule(L.LightningDataModule):
 
             self._datasets[key] = SequenceDataset(
                 self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,
-                site_names=self.site_names,
+                site_names=self.site_names, encoder=self._frozen_encoder(),
             )
         if key not in self._datasets and self.recipe.task == "volume":
             from chestdx.data.volume_dataset import VolumeDataset
@@ -140,6 +140,19 @@ class ChestDataModule(L.LightningDataModule):
                 site_names=self.site_names,
             )
         return self._datasets[key]
+
+    def _frozen_encoder(self) -> Any:
+        """The encoder whose embeddings are precomputed (``model.params.precompute_embeddings``), or None."""
+        params = self.recipe.model.params
+        if not params.get("precompute_embeddings"):
+            return None
+        if not hasattr(self, "_encoder"):
+            from chestdx.models.sequence import load_encoder
+
+            log.warning("sequences: slice embeddings precomputed once by the frozen encoder; the training "
+                        "augmentation is not applied")
+            self._encoder = load_encoder(str(params.get("encoder", "none")))[0]
+        return self._encoder
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator()

@@ -21,7 +21,9 @@ Readings chosen where the paper is open:
 - The encoder is any trained chestdx model whose ``embedding`` is used (the paper: a ResNet50-ATT2
   trained on single slices); it is frozen (no gradients, always in eval mode, so its batch-norm
   statistics do not move) and runs on every step, which lets the whole-sequence augmentation of the
-  paper act on the images. Inputs of shape ``(B, T, D)`` are taken as ready embeddings and skip it.
+  paper act on the images. Inputs of shape ``(B, T, D)`` are taken as ready embeddings and skip it
+  (``model.params.precompute_embeddings: true`` makes the data module serve those: much faster, no
+  augmentation).
 """
 
 from __future__ import annotations
@@ -221,7 +223,9 @@ def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> 
 
     ``model.params``: ``encoder`` (a trained ATT2 run folder or checkpoint; ``none`` builds a random
     frozen :class:`~chestdx.models.attention.ResNetATT2` from ``model.backbone`` - for tests only),
-    ``compatibility`` and ``tail_blocks`` (for ``none``), ``chunk`` (slices per encoder call). ``model.head_hidden`` is the LSTM size.
+    ``compatibility`` and ``tail_blocks`` (for ``none``), ``chunk`` (slices per encoder call),
+    ``precompute_embeddings`` (the data module embeds every slice once and serves ``(B, T, D)``;
+    no image augmentation then; needs a trained ``encoder``). ``model.head_hidden`` is the LSTM size.
 
     Raises:
         WeightsNotFoundError: the encoder is missing.
@@ -239,6 +243,7 @@ def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> 
     chunk = int(params.pop("chunk", 64))
     compatibility = str(params.pop("compatibility", "parametrised"))
     tail_blocks = int(params.pop("tail_blocks", 3))
+    params.pop("precompute_embeddings", None)  # read by the data module (engine/datamodule.py)
     if params:
         raise ConfigError(f"model att2_bilstm: unknown params {sorted(params)}; known: encoder, chunk, "
                           "compatibility, tail_blocks (the last two for encoder=none)")
