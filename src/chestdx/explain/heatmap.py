@@ -27,7 +27,7 @@ HEATMAP_KINDS = ("auto", "cam", "attention", "att2")
 
 def _unit(maps: Tensor) -> Tensor:
     peak = maps.flatten(1).amax(dim=1).clamp(min=1e-12)
-    return (maps / peak[:, None, None]).clamp(0, 1)
+    return (maps / peak.view(-1, *[1] * (maps.ndim - 1))).clamp(0, 1)  # (B, H, W) or (B, D, H, W)
 
 
 def heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -> tuple[Tensor, str]:

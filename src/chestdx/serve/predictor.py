@@ -130,8 +130,8 @@ class Predictor:
 
     def _setup(self, recipe: Any, model: Any, class_names: Sequence[str], card: dict[str, Any],
                procedure: str | None, device: str) -> None:
-        if recipe.task not in ("slice", "cxr"):
-            raise ConfigError(f"the predictor answers slice and X-ray models; this model's task is "
+        if recipe.task not in ("slice", "cxr", "volume"):
+            raise ConfigError(f"the predictor answers slice, X-ray and volume models; this model's task is "
                               f"{recipe.task!r}")
         self.recipe = recipe
         self.device = torch.device(device)
@@ -202,6 +202,8 @@ class Predictor:
     def predict_study(self, study: Study, heatmap: bool = True, aggregate: str = "mean",
                       max_slices: int | None = None, batch_size: int = 32) -> Prediction | ScanPrediction:
         """Answer a read :class:`~chestdx.serve.inputs.Study` (image or scan)."""
+        if self.recipe.task == "volume":
+            return self._predict_volume(study, heatmap)
         if study.kind == "image":
             x = self.preprocess_array(study.array, study.name)[None]
             return self.predict_tensor(x, [study.name], heatmap=heatmap)[0]
@@ -211,6 +213,48 @@ class Predictor:
             slices += self.predict_tensor(x[s:s + batch_size], [f"{study.name}[{i}]" for i in idx[s:s + batch_size]],
                                           heatmap=heatmap)
         return self.scan_answer(study, slices, idx, aggregate)
+
+    def _predict_volume(self, study: Study, heatmap: bool) -> ScanPrediction:
+        """``task: volume`` (a 3D model, CMC-COV19D): one forward on the whole preprocessed volume.
+
+        The scan (already HU-windowed by :func:`~chestdx.serve.inputs.load_study`) is resized to
+        ``(data.volume_depth, S, S)`` and scaled to ``[0, 1]`` as in training
+        (:func:`~chestdx.data.volume_dataset.preprocess_volume`); the recipe's procedure answers it
+        (``plain`` or ``intra_ensemble``). ``slices`` holds one :class:`Prediction` per resized slice,
+        each with the scan's probabilities and, with ``heatmap``, that slice of the 3D Grad-CAM
+        (:func:`~chestdx.explain.cam.volume_cam`, scaled over the whole volume);
+        ``slice_indices`` maps them to the nearest slices of the original scan; ``aggregation`` is
+        ``"volume"`` (nothing to aggregate).
+
+        Raises:
+            ConfigError: a single 2D image given to a 3D model.
+        """
+        from chestdx.data.volume_dataset import preprocess_volume
+        from chestdx.explain.cam import volume_cam
+
+        if study.kind == "image":
+            raise ConfigError(f"{study.name}: a 3D model answers scans (a series folder, zip, NIfTI, slice "
+                              "folder or (D, H, W) array), not a single 2D image")
+        cfg = self.recipe.data
+        vol = preprocess_volume(study.array, (cfg.volume_depth, cfg.image_size, cfg.image_size), study.name)
+        x = vol[None, None].to(self.device)
+        with self._lock:
+            res = run_procedure(self.procedure, self.params, self.model, x)
+            maps = volume_cam(self.model, x)[0].cpu().numpy() if heatmap else None
+        probs = res.probs.float().cpu().numpy()[0]
+        pdict = {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}
+        label = self.class_names[int(probs.argmax())]
+        d0, d = study.array.shape[0], vol.shape[0]
+        idx = [min(d0 - 1, max(0, int(round((k + 0.5) * d0 / d - 0.5)))) for k in range(d)]
+        det: dict[str, Any] = {k: v[0].item() if v[0].numel() == 1 else v[0].tolist() for k, v in res.details.items()}
+        if heatmap:
+            det["heatmap_kind"] = "gradcam3d"
+        slices = [Prediction(source=f"{study.name}[{i}]", probs=pdict, label=label,
+                             heatmap=None if maps is None else maps[k],
+                             image=vol[k].numpy() if heatmap else None, details=dict(det))
+                  for k, i in enumerate(idx)]
+        return ScanPrediction(source=study.name, probs=pdict, label=label, aggregation="volume",
+                              slice_indices=idx, slices=slices, meta=study.meta)
 
     def scan_answer(self, study: Study, slices: list[Prediction], idx: list[int], aggregate: str) -> ScanPrediction:
         """Aggregate per-slice answers to the scan (see :func:`chestdx.evaluate.metrics.aggregate`)."""
@@ -259,7 +303,7 @@ class Predictor:
 
         for p in paths:
             try:
-                if is_volume_input(p):
+                if is_volume_input(p) or self.recipe.task == "volume":
                     yield from flush()
                     study = load_study(p, self.hu_window, name=str(p))
                     yield self.predict_study(study, heatmap, aggregate, max_slices, batch_size)
