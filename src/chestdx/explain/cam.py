@@ -138,4 +138,32 @@ def cam(model: ChestModel, images: Tensor, target: Tensor | int | Sequence[int] 
     return upsample_map(maps, images.shape[2:])
 
 
-__all__ = ["cam", "cam_from_features", "normalize_maps", "upsample_map"]
+def volume_cam(model: ChestModel, volumes: Tensor, target: Tensor | int | Sequence[int] | None = None,
+               out: ModelOutput | None = None) -> Tensor:
+    """Grad-CAM of a 3D model as per-slice heatmaps (cmc-cov19d Fig. 5).
+
+    The map is computed once on the 3D feature map ``(B, C, d, h, w)`` (:func:`cam_from_features`:
+    gradient-weighted channel sum, ReLU), trilinearly upsampled to the volume and scaled by its
+    maximum over the **whole volume**, so that slices can be compared with each other (a slice far
+    from the finding is dark, not stretched to full range).
+
+    Args:
+        model: a 3D :class:`~chestdx.models.ChestModel` (e.g. ``inflated3d``).
+        volumes: ``(B, C, D, H, W)``.
+        target: ``None`` (the predicted class), an int, ``(B,)`` labels or ``(B, K)`` soft targets.
+        out: the model's output on ``volumes``, if at hand (its features are reused).
+
+    Returns:
+        ``(B, D, H, W)`` in ``[0, 1]``: slice ``k`` of volume ``b`` is ``[b, k]``.
+
+    Raises:
+        ValueError: ``volumes`` is not 5D.
+    """
+    if volumes.ndim != 5:
+        raise ValueError(f"volume_cam takes volumes (B, C, D, H, W); got {tuple(volumes.shape)}")
+    maps = cam(model, volumes, target, out).detach()
+    peak = maps.flatten(1).amax(dim=1).clamp(min=1e-12)
+    return (maps / peak.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+__all__ = ["cam", "cam_from_features", "normalize_maps", "upsample_map", "volume_cam"]
