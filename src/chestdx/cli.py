@@ -197,6 +197,8 @@ def _write_overlays(pred: Any, folder: Path) -> str:
     from chestdx.evaluate.plots import overlay_heatmap, save_png
 
     stem = Path(pred.source.rstrip("/")).name.split(".")[0] or "input"
+    if getattr(pred, "details", {}).get("heatmap_kind") == "lesion_mask":
+        return _write_lesions(pred, folder, stem)
     if getattr(pred, "slices", None) is None:
         out = folder / f"{stem}_cam.png"
         save_png(overlay_heatmap(pred.image, pred.heatmap), out)
@@ -205,6 +207,24 @@ def _write_overlays(pred: Any, folder: Path) -> str:
     for i, s in zip(pred.slice_indices, pred.slices, strict=True):
         save_png(overlay_heatmap(s.image, s.heatmap), sub / f"slice_{i:04d}_cam.png")
     return str(sub)
+
+
+def _write_lesions(pred: Any, folder: Path, stem: str) -> str:
+    """Lesion model answer: ``<name>_lesions.png`` (0/255 mask) and ``<name>_boxes.png`` (overlay with
+    boxes and scores); returns the overlay's path."""
+    import numpy as np
+
+    from chestdx.evaluate.lesion import draw_lesions
+    from chestdx.evaluate.plots import save_png
+
+    mask = pred.heatmap > 0.5
+    save_png((mask * 255).astype(np.uint8), folder / f"{stem}_lesions.png")
+    found = pred.details.get("lesions", [])
+    boxes = np.array([d["box"] for d in found], dtype=float).reshape(-1, 4)
+    scores = np.array([d["score"] for d in found], dtype=float)
+    out = folder / f"{stem}_boxes.png"
+    save_png(draw_lesions(pred.image, mask[None], boxes, scores), out)
+    return str(out)
 
 
 def cmd_table(args: argparse.Namespace) -> int:

@@ -55,3 +55,14 @@ def test_one_shot_training_on_phantom(phantom_slices, tmp_path):
     md = (tmp_path / "run" / "eval-test" / "metrics.md").read_text()
     assert "not** the usual F1" in md and "AP@0.75" in md
     assert list((tmp_path / "run" / "eval-test" / "lesions").glob("*.png"))
+
+    # chestdx predict: class answer + lesions in the JSON line, mask PNG and boxes overlay
+    from chestdx.cli import main
+
+    image = next(s.path for s in run.samples() if s.split == "test")
+    stem = image.rsplit("/", 1)[-1].split(".")[0]
+    rc = main(["predict", str(run.path), image, "--overlays", str(tmp_path / "ov"), "--out", str(tmp_path / "p.jsonl")])
+    assert rc == 0
+    rec = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert set(rec["probs"]) == {"normal", "pneumonia", "covid"} and isinstance(rec["lesions"], list)
+    assert (tmp_path / "ov" / f"{stem}_lesions.png").is_file() and (tmp_path / "ov" / f"{stem}_boxes.png").is_file()

@@ -251,16 +251,17 @@ def evaluate_segmentation(model: Any, samples: Sequence[Any], cfg: Any, out: str
     ds = SegmentationDataset(list(samples), cfg, train=False, min_area=cfg.min_lesion_area, cache=False)
     gts, pms, pss, drawn = [], [], [], 0
     model.eval()
+    device = next(model.parameters()).device
     for start in range(0, len(ds), batch_size):
         items = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
-        images = torch.stack([it["image"] for it in items])
+        images = torch.stack([it["image"] for it in items]).to(device)
         for it, pred in zip(items, predict_lesions(model, images), strict=True):
             gts.append(it["target"]["masks"].numpy().astype(bool))
             pms.append(pred["masks"])
             pss.append(pred["scores"])
             if out is not None and drawn < overlays:
                 shown = pred["scores"] >= negative_score_threshold
-                pic = draw_lesions(it["image"][0].numpy(), pred["masks"][shown], pred["boxes"][shown],
+                pic = draw_lesions(it["image"][0].cpu().numpy(), pred["masks"][shown], pred["boxes"][shown],
                                    pred["scores"][shown], gt=gts[-1].any(0) if len(gts[-1]) else None)
                 save_png(pic, Path(out) / "lesions" / f"{drawn:03d}_{Path(samples[int(it['index'])].path).stem}.png")
                 drawn += 1

@@ -130,8 +130,8 @@ class Predictor:
 
     def _setup(self, recipe: Any, model: Any, class_names: Sequence[str], card: dict[str, Any],
                procedure: str | None, device: str) -> None:
-        if recipe.task not in ("slice", "cxr", "volume"):
-            raise ConfigError(f"the predictor answers slice, X-ray and volume models; this model's task is "
+        if recipe.task not in ("slice", "cxr", "lesion", "volume"):
+            raise ConfigError(f"the predictor answers slice, X-ray, lesion and volume models; this model's task is "
                               f"{recipe.task!r}")
         self.recipe = recipe
         self.device = torch.device(device)
@@ -142,6 +142,7 @@ class Predictor:
         self.params = dict(recipe.inference.params) if self.procedure == recipe.inference.name else {}
         self._pre = LoadPreprocess(recipe.data)
         self.heatmap_kind = "auto"  # see chestdx.explain.heatmap: ATT2 / MAG-SD attention, else CAM
+        self.lesion_score_threshold = 0.5  # task lesion: detections shown / listed from this score
         self._lock = threading.Lock()  # one forward at a time on a shared model
 
     @property
@@ -177,6 +178,8 @@ class Predictor:
     def predict_tensor(self, images: torch.Tensor, sources: Sequence[str], heatmap: bool = False) -> list[Prediction]:
         """Answer a preprocessed batch ``(B, 1, S, S)``: one :class:`Prediction` per image."""
         images = images.to(self.device)
+        if self.recipe.task == "lesion":
+            return self._predict_lesions(images, sources, heatmap)
         with self._lock:
             res = run_procedure(self.procedure, self.params, self.model, images)
             maps, kind = None, None
@@ -195,6 +198,35 @@ class Predictor:
                 source=src, probs={c: float(p) for c, p in zip(self.class_names, probs[i], strict=True)},
                 label=self.class_names[int(probs[i].argmax())],
                 heatmap=None if maps is None else _unit(maps[i]),
+                image=_unit(images[i, 0].cpu().numpy()) if heatmap else None, details=det,
+            ))
+        return out
+
+    def _predict_lesions(self, images: torch.Tensor, sources: Sequence[str], heatmap: bool) -> list[Prediction]:
+        """``task: lesion`` (affinity model): the class answer plus the segmented lesions.
+
+        ``details["lesions"]`` lists ``{"box": [x0, y0, x1, y1], "score", "area"}`` (model pixels) of
+        the detections scoring at least ``lesion_score_threshold``; with ``heatmap`` the union of
+        their masks is the ``heatmap`` (``details["heatmap_kind"] = "lesion_mask"``).
+        """
+        from chestdx.evaluate.lesion import predict_lesions
+
+        with self._lock, torch.no_grad():
+            probs = self.model(images).probs.float().cpu().numpy()
+            found = predict_lesions(self.model, images, score_threshold=self.lesion_score_threshold)
+        out = []
+        for i, src in enumerate(sources):
+            f = found[i]
+            det: dict[str, Any] = {"lesions": [
+                {"box": [round(float(v), 1) for v in b], "score": round(float(sc), 4), "area": int(m.sum())}
+                for b, sc, m in zip(f["boxes"], f["scores"], f["masks"], strict=True)]}
+            union = f["masks"].any(0) if len(f["masks"]) else np.zeros(images.shape[-2:], bool)
+            if heatmap:
+                det["heatmap_kind"] = "lesion_mask"
+            out.append(Prediction(
+                source=src, probs={c: float(p) for c, p in zip(self.class_names, probs[i], strict=True)},
+                label=self.class_names[int(probs[i].argmax())],
+                heatmap=np.asarray(union, dtype=np.float32) if heatmap else None,
                 image=_unit(images[i, 0].cpu().numpy()) if heatmap else None, details=det,
             ))
         return out
