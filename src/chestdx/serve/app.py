@@ -35,7 +35,7 @@ import torch
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
 
-from chestdx.errors import DataError
+from chestdx.errors import ConfigError, DataError
 from chestdx.serve.inputs import UnsupportedType, study_from_bytes
 
 __all__ = ["Batcher", "create_app"]
@@ -133,7 +133,11 @@ def _answer_json(answer: Any, heatmap: bool) -> dict[str, Any]:
 
         if getattr(answer, "slices", None) is not None:
             k = list(answer.probs).index(answer.label)
-            best = max(range(len(answer.slices)), key=lambda j: list(answer.slices[j].probs.values())[k])
+            def score(j: int) -> tuple[float, float]:  # most confident slice; ties (3D models): most heat
+                sl = answer.slices[j]
+                return list(sl.probs.values())[k], float(sl.heatmap.sum()) if sl.heatmap is not None else 0.0
+
+            best = max(range(len(answer.slices)), key=score)
             s = answer.slices[best]
             out["overlay_slice"] = answer.slice_indices[best]
             out["overlay"] = uri(overlay_heatmap(s.image, s.heatmap))
@@ -198,14 +202,20 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
         loop = asyncio.get_running_loop()
         try:
             study = await loop.run_in_executor(None, study_from_bytes, data, name, predictor.hu_window)
-            if study.kind == "image":
+            per_slice = predictor.recipe.task in ("slice", "cxr", "lesion")  # 2D models: shared passes
+            if per_slice and study.kind == "image":
                 x = await loop.run_in_executor(None, predictor.preprocess_array, study.array, name)
                 preds = await asyncio.wrap_future(batcher.submit(x[None], [name], heatmap))
                 answer = preds[0]
-            else:
+            elif per_slice:
                 x, idx = await loop.run_in_executor(None, predictor.slice_batch, study, max_slices)
                 slices = await asyncio.wrap_future(batcher.submit(x, [f"{name}[{i}]" for i in idx], heatmap))
                 answer = predictor.scan_answer(study, slices, idx, aggregate)
+            else:  # scan models (3D, sequence) answer a whole scan in one call
+                answer = await loop.run_in_executor(None, predictor.predict_study, study, heatmap, aggregate,
+                                                    max_slices)
+        except ConfigError as e:
+            raise HTTPException(422, str(e)) from None
         except UnsupportedType as e:
             raise HTTPException(415, str(e)) from None
         except DataError as e:
