@@ -90,6 +90,28 @@ def test_bilstm_on_frozen_att2_embeddings(att2_run, phantom_scans, tmp_path):
     seqs, rep = build_sequences(load_samples([phantom_scans], run.recipe, check=False), 9)
     assert rep.skipped_short == sum(n < 9 for n in n_per_scan.values()) and len(seqs) == rep.kept
 
+    # a bundle of the sequence run carries its encoder inline and answers a scan on its own
+    import numpy as np
+
+    from chestdx.data.readers import read_image
+    from chestdx.serve.bundle import export_bundle, load_bundle
+    from chestdx.serve.predictor import Predictor
+    from chestdx.serve.report import study_report
+
+    bundle = export_bundle(run.path, tmp_path / "model")
+    enc = json.loads((bundle / "bundle.json").read_text())["recipe"]["model"]["params"]["encoder"]
+    assert enc["model"]["name"] == "resnet_att2" and enc["image_size"] == 32
+    b = load_bundle(bundle)
+    assert torch.equal(b.model.encoder.classifier.weight, ref["model.classifier.weight"])
+    scan_id = next(iter(n_per_scan))
+    rows = sorted((r for r in csv.DictReader(open(phantom_scans)) if r["scan_id"] == scan_id),
+                  key=lambda r: int(r["slice"]))
+    vol = np.stack([read_image(phantom_scans.parent / r["path"]) for r in rows])
+    ans = Predictor(bundle).predict(vol)
+    assert ans.aggregation == "sequence" and len(ans.slices) == 8
+    assert abs(sum(ans.slice_weights) - 1) < 1e-5 and ans.heatmaps.shape == (8, 32, 32)
+    assert "attention weight" in study_report(ans, b.card(), b.class_names)
+
 
 def test_bilstm_with_precomputed_embeddings(att2_run, phantom_scans, tmp_path):
     over = {"data": {"image_size": 32, "batch_size": 4, "sequence_length": 8},

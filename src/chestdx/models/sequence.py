@@ -221,7 +221,9 @@ def load_encoder(spec: str, in_chans: int = 1) -> tuple[ChestModel, Any]:
 def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> SequenceClassifier:
     """The ``att2_bilstm`` model of a recipe's ``model`` section.
 
-    ``model.params``: ``encoder`` (a trained ATT2 run folder or checkpoint; ``none`` builds a random
+    ``model.params``: ``encoder`` (a trained ATT2 run folder or checkpoint; a dict ``{model,
+    num_classes, image_size}`` describing it, whose weights are loaded afterwards, as in model
+    bundles; ``none`` builds a random
     frozen :class:`~chestdx.models.attention.ResNetATT2` from ``model.backbone`` - for tests only),
     ``compatibility`` and ``tail_blocks`` (for ``none``), ``chunk`` (slices per encoder call),
     ``precompute_embeddings`` (the data module embeds every slice once and serves ``(B, T, D)``;
@@ -239,7 +241,8 @@ def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> 
         raise ConfigError("model att2_bilstm needs model.params.encoder: a trained slice run folder or checkpoint "
                           "(`chestdx train att2 ... --out RUN`, then --set model.params.encoder=RUN), or 'none' "
                           "for a random frozen encoder (tests only)")
-    spec = str(params.pop("encoder"))
+    raw_spec = params.pop("encoder")
+    spec = raw_spec if isinstance(raw_spec, dict) else str(raw_spec)
     chunk = int(params.pop("chunk", 64))
     compatibility = str(params.pop("compatibility", "parametrised"))
     tail_blocks = int(params.pop("tail_blocks", 3))
@@ -247,7 +250,16 @@ def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> 
     if params:
         raise ConfigError(f"model att2_bilstm: unknown params {sorted(params)}; known: encoder, chunk, "
                           "compatibility, tail_blocks (the last two for encoder=none)")
-    if spec.lower() in ("none", "", "null"):
+    if isinstance(spec, dict):
+        # an inline encoder description (what a model bundle stores): its recipe's model section,
+        # class count and image size; the weights come with the sequence model's own state dict
+        from chestdx.config import ModelConfig
+        from chestdx.models import build_model
+
+        enc_cfg = ModelConfig(**{**spec["model"], "weights": "none"})
+        encoder = build_model(enc_cfg, int(spec["num_classes"]), in_chans)
+        encoder_size = spec.get("image_size")
+    elif spec.lower() in ("none", "", "null"):
         log.warning("att2_bilstm: no trained encoder given (model.params.encoder); using a random frozen "
                     "ResNetATT2 (%s) - useful for tests only", cfg.backbone)
         encoder: ChestModel = ResNetATT2(num_classes, cfg.backbone, in_chans, "none", compatibility, tail_blocks)

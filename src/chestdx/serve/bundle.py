@@ -94,6 +94,21 @@ def _metrics_summary(run_path: Path) -> dict[str, Any] | None:
             "overall": res.get("overall"), "sites": res.get("sites")}
 
 
+def _self_contained(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with nothing outside the bundle: a sequence model's encoder, given as a run folder,
+    becomes an inline description (its weights are part of the sequence model's state dict)."""
+    params = recipe["model"].get("params") or {}
+    enc = params.get("encoder")
+    if recipe["model"]["name"] == "att2_bilstm" and isinstance(enc, str) and enc.lower() not in ("none", "", "null"):
+        from chestdx.models.sequence import load_encoder
+
+        _, enc_recipe = load_encoder(enc)
+        params["encoder"] = {"model": enc_recipe.model.model_dump(mode="json"),
+                             "num_classes": enc_recipe.data.num_classes, "image_size": enc_recipe.data.image_size}
+        params.pop("precompute_embeddings", None)  # a training-time shortcut; a bundle answers images
+    return recipe
+
+
 def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: bool = False) -> Path:
     """Write the bundle of a trained run.
 
@@ -140,7 +155,7 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
         "class_counts": hp.get("class_counts"),
         "preprocessing": run.recipe.data.model_dump(mode="json", exclude={"augment"}),
         "inference": run.recipe.inference.model_dump(mode="json"),
-        "recipe": run.recipe.model_dump(mode="json"),
+        "recipe": _self_contained(run.recipe.model_dump(mode="json")),
         "training": {"data": data, "run": train_info, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch")},
         "metrics": _metrics_summary(run.path),
     }

@@ -70,6 +70,7 @@ class ScanPrediction:
         slice_indices: ``N`` indices into the scan's ``D`` slices that were answered.
         slices: the ``N`` per-slice answers (each with its heatmap and image when asked for).
         meta: how the scan was read (series, spacing, slice files).
+        slice_weights: a sequence model's attention weight of each answered slice (sums to 1).
     """
 
     source: str
@@ -80,6 +81,7 @@ class ScanPrediction:
     slices: list[Prediction]
     meta: dict[str, Any] = field(default_factory=dict)
     kind: str = "volume"
+    slice_weights: list[float] | None = None
 
     @property
     def heatmaps(self) -> np.ndarray | None:
@@ -93,6 +95,7 @@ class ScanPrediction:
                 "slice_indices": self.slice_indices,
                 "slice_labels": [s.label for s in self.slices],
                 "slice_probs": [[round(v, 6) for v in s.probs.values()] for s in self.slices],
+                **({"slice_attention": self.slice_weights} if self.slice_weights is not None else {}),
                 "meta": self.meta}
 
 
@@ -130,8 +133,8 @@ class Predictor:
 
     def _setup(self, recipe: Any, model: Any, class_names: Sequence[str], card: dict[str, Any],
                procedure: str | None, device: str) -> None:
-        if recipe.task not in ("slice", "cxr", "lesion", "volume"):
-            raise ConfigError(f"the predictor answers slice, X-ray, lesion and volume models; this model's task is "
+        if recipe.task not in ("slice", "cxr", "lesion", "volume", "sequence"):
+            raise ConfigError(f"the predictor answers slice, X-ray, lesion, volume and sequence models; this model's task is "
                               f"{recipe.task!r}")
         self.recipe = recipe
         self.device = torch.device(device)
@@ -236,6 +239,8 @@ class Predictor:
         """Answer a read :class:`~chestdx.serve.inputs.Study` (image or scan)."""
         if self.recipe.task == "volume":
             return self._predict_volume(study, heatmap)
+        if self.recipe.task == "sequence":
+            return self._predict_sequence(study, heatmap)
         if study.kind == "image":
             x = self.preprocess_array(study.array, study.name)[None]
             return self.predict_tensor(x, [study.name], heatmap=heatmap)[0]
@@ -288,6 +293,44 @@ class Predictor:
         return ScanPrediction(source=study.name, probs=pdict, label=label, aggregation="volume",
                               slice_indices=idx, slices=slices, meta=study.meta)
 
+    def _predict_sequence(self, study: Study, heatmap: bool) -> ScanPrediction:
+        """``task: sequence`` (ATT2 + Bi-LSTM): ``data.sequence_length`` slices taken uniformly from
+        the scan (:func:`~chestdx.data.sequences.uniform_indices`; a shorter scan repeats slices),
+        one forward of the sequence model. ``slice_weights`` are its soft-attention weights; with
+        ``heatmap`` each slice's map is the encoder's ATT2 attention ``sqrt(a1 * a2)`` (Fig. 6 draws
+        them weighted by ``slice_weights``). Every slice carries the scan's probabilities;
+        ``aggregation`` is ``"sequence"``.
+
+        Raises:
+            ConfigError: a single 2D image given to a sequence model.
+        """
+        from chestdx.data.sequences import uniform_indices
+        from chestdx.explain.attention_masks import combine_attention
+
+        if study.kind == "image":
+            raise ConfigError(f"{study.name}: a sequence model answers scans (a series folder, zip, NIfTI, slice "
+                              "folder or (D, H, W) array), not a single 2D image")
+        idx = uniform_indices(study.array.shape[0], self.recipe.data.sequence_length)
+        x = torch.stack([self.preprocess_array(study.array[i], f"{study.name}[{i}]") for i in idx])  # (T, 1, S, S)
+        with self._lock, torch.no_grad():
+            out = self.model(x[None].to(self.device))
+        probs = out.probs.float().cpu().numpy()[0]
+        pdict = {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}
+        label = self.class_names[int(probs.argmax())]
+        weights = out.maps["sequence_attention"][0].float().cpu().tolist()
+        maps = None
+        if heatmap and "att1" in out.maps and "att2" in out.maps:
+            m = combine_attention(out.maps["att1"][0], out.maps["att2"][0], x.shape[-2:])
+            maps = (m / m.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]).cpu().numpy()
+        det = {"heatmap_kind": "att2"} if maps is not None else {}
+        slices = [Prediction(source=f"{study.name}[{i}]", probs=pdict, label=label,
+                             heatmap=None if maps is None else maps[t],
+                             image=_unit(x[t, 0].numpy()) if heatmap else None,
+                             details={**det, "attention_weight": weights[t]})
+                  for t, i in enumerate(idx)]
+        return ScanPrediction(source=study.name, probs=pdict, label=label, aggregation="sequence",
+                              slice_indices=list(idx), slices=slices, meta=study.meta, slice_weights=weights)
+
     def scan_answer(self, study: Study, slices: list[Prediction], idx: list[int], aggregate: str) -> ScanPrediction:
         """Aggregate per-slice answers to the scan (see :func:`chestdx.evaluate.metrics.aggregate`)."""
         from chestdx.evaluate.metrics import aggregate as aggregate_probs
@@ -335,7 +378,7 @@ class Predictor:
 
         for p in paths:
             try:
-                if is_volume_input(p) or self.recipe.task == "volume":
+                if is_volume_input(p) or self.recipe.task in ("volume", "sequence"):
                     yield from flush()
                     study = load_study(p, self.hu_window, name=str(p))
                     yield self.predict_study(study, heatmap, aggregate, max_slices, batch_size)

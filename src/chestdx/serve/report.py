@@ -63,19 +63,27 @@ def _kind_name(answer: Any) -> str:
 
 def _browser(answer: Any, class_names: list[str]) -> str:
     k = class_names.index(answer.label)
+    weights = answer.slice_weights
     frames, overlays, labels, score = [], [], [], []
-    for i, s in zip(answer.slice_indices, answer.slices, strict=True):
+    for j, (i, s) in enumerate(zip(answer.slice_indices, answer.slices, strict=True)):
         frames.append(_uri(s.image) if s.image is not None else "")
         overlays.append(_uri(overlay_heatmap(s.image, s.heatmap)) if s.heatmap is not None else "")
-        labels.append(f"slice {i}: {s.label} ({100 * max(s.probs.values()):.0f}%)")
+        if weights is not None:
+            labels.append(f"slice {i}: attention weight {weights[j]:.3f}")
+        else:
+            labels.append(f"slice {i}: {s.label} ({100 * max(s.probs.values()):.0f}%)")
         score.append(float(list(s.probs.values())[k]))
+    if weights is not None:  # a sequence model: the strip shows how much each slice counted
+        top = max(weights) or 1.0
+        score = [w / top for w in weights]
     start = int(np.argmax(score))
+    what = ("The sequence model's attention weight of each slice" if weights is not None
+            else f"Per-slice probability of <b>{html.escape(answer.label)}</b>")
     strip = "".join(f'<div data-i="{j}" title="{html.escape(labels[j])}" style="height:{max(2, int(60 * v))}px">'
                     "</div>" for j, v in enumerate(score))
     data = json.dumps({"frames": frames, "overlays": overlays, "labels": labels})
     return f"""
-<p>Per-slice probability of <b>{html.escape(answer.label)}</b> (click a bar; the slider moves through
-the {len(score)} answered slices):</p>
+<p>{what} (click a bar; the slider moves through the {len(score)} answered slices):</p>
 <div class="strip" id="strip">{strip}</div>
 <input type="range" id="slider" min="0" max="{len(score) - 1}" value="{start}" style="width:640px">
 <p id="slice-label"></p>
