@@ -69,3 +69,17 @@ def test_bad_inputs(model, tmp_path):
         model.predict(np.full((8, 8), np.nan))
     with pytest.raises(DataError, match="not found"):
         model.predict(tmp_path / "missing.png")
+
+
+def test_voting_details_in_the_answer():
+    """The full cam-snapmix method answers with its k vote probabilities and the flip flag."""
+    from chestdx.config import load_recipe
+    from chestdx.models import build_model
+    from chestdx.serve.predictor import Predictor
+
+    r = load_recipe("full", {"data": {"image_size": 32}, "model": {"backbone": "resnet18", "weights": "none"},
+                             "inference": {"params": {"k": 5, "cell": 4}}})
+    p = Predictor.from_model(r, build_model(r.model, num_classes=2).eval())
+    ans = p.predict(np.random.default_rng(0).random((40, 40)).astype(np.float32))
+    assert isinstance(ans.details["flipped"], bool) and len(ans.details["vote_probs"]) == 5
+    assert ans.to_json()["vote_probs"] == ans.details["vote_probs"]
