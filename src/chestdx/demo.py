@@ -25,7 +25,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
     from chestdx.evaluate.plots import overlay_heatmap, plot_training_curves, save_png
     from chestdx.evaluate.report import html_report, write_html
     from chestdx.evaluate.run import evaluate_run, metrics_report_markdown
-    from chestdx.serve.predictor import Predictor
+    from chestdx.serve.predictor import Prediction, Predictor
 
     out = Path(out)
     t0 = time.time()
@@ -50,14 +50,14 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
     history = json.loads((run_dir / "history.json").read_text())
     plot_training_curves(history, out / "eval" / "training_curves.png")
 
-    predictor = Predictor(run)
+    predictor = Predictor(run.path)
     test = [s for s in run.samples() if s.split == "test"]
     picks = []
     for label in range(len(run.class_names)):
         picks += [s for s in test if s.label == label][:2]
     images = []
     for s, pred in zip(picks, predictor.predict_files([s.path for s in picks], heatmap=True), strict=True):
-        if pred.heatmap is None or pred.image is None:
+        if not isinstance(pred, Prediction) or pred.heatmap is None or pred.image is None:
             continue
         hm = pred.heatmap / (pred.heatmap.max() + 1e-8)
         png = out / "heatmaps" / f"{Path(s.path).stem}.png"

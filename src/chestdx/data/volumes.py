@@ -213,7 +213,7 @@ def _slice_folder(folder: Path, paths: list[Path]) -> tuple[np.ndarray, VolumeMe
     skipped = [(str(p), "not a slice image") for p in paths if p not in images]
     if not images:
         raise DataError(folder, "holds neither DICOM files nor slice images (.png/.jpg/.tif/.bmp)")
-    slices = []
+    slices: list[np.ndarray] = []
     for p in images:
         arr = read_image(p)
         if slices and arr.shape != slices[0].shape:
@@ -277,7 +277,8 @@ def is_volume_input(path: str | Path) -> bool:
         import nibabel as nib
 
         try:
-            shape = [s for s in nib.load(str(p)).shape if s != 1] or [1]
+            img: Any = nib.load(str(p))
+            shape = [s for s in img.shape if s != 1] or [1]
         except Exception:  # noqa: BLE001
             return False
         return len(shape) >= 3

@@ -250,6 +250,7 @@ def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> 
     if params:
         raise ConfigError(f"model att2_bilstm: unknown params {sorted(params)}; known: encoder, chunk, "
                           "compatibility, tail_blocks (the last two for encoder=none)")
+    encoder: ChestModel
     if isinstance(spec, dict):
         # an inline encoder description (what a model bundle stores): its recipe's model section,
         # class count and image size; the weights come with the sequence model's own state dict
@@ -262,7 +263,7 @@ def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> 
     elif spec.lower() in ("none", "", "null"):
         log.warning("att2_bilstm: no trained encoder given (model.params.encoder); using a random frozen "
                     "ResNetATT2 (%s) - useful for tests only", cfg.backbone)
-        encoder: ChestModel = ResNetATT2(num_classes, cfg.backbone, in_chans, "none", compatibility, tail_blocks)
+        encoder = ResNetATT2(num_classes, cfg.backbone, in_chans, "none", compatibility, tail_blocks)
     else:
         encoder, enc_recipe = load_encoder(spec, in_chans)
         encoder_size = enc_recipe.data.image_size

@@ -194,7 +194,8 @@ class Predictor:
         probs = res.probs.float().cpu().numpy()
         out = []
         for i, src in enumerate(sources):
-            det = {k: v[i].item() if v[i].numel() == 1 else v[i].tolist() for k, v in res.details.items()}
+            det: dict[str, Any] = {k: v[i].item() if v[i].numel() == 1 else v[i].tolist()
+                                   for k, v in res.details.items()}
             if kind is not None:
                 det["heatmap_kind"] = kind
             out.append(Prediction(
