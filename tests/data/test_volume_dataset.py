@@ -93,6 +93,16 @@ def test_phantom_volumes_read_back_with_masks(tmp_path):
         assert vol[0].mean() > vol[6].mean()
 
 
+def test_synth_volume_cli(tmp_path):
+    from chestdx.cli import main
+
+    assert main(["synth", "--kind", "volume", "--out", str(tmp_path / "v"), "--classes", "2", "--patients", "1",
+                 "--size", "16", "--slices-per-patient", "8"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "v" / "manifest.csv")))
+    assert len(rows) == 2 and rows[0]["path"].endswith(".nii.gz") and rows[0]["mask"].startswith("masks/")
+    assert read_volume(tmp_path / "v" / rows[0]["path"])[0].shape == (8, 16, 16)
+
+
 def test_dicom_series_to_training(tmp_path):
     """DICOM series written with pydicom (shuffled files, slope / intercept) train a 3D model."""
     from chestdx.engine.train import train

@@ -49,8 +49,14 @@ def test_evaluate_and_ensembles(cmc_run, tmp_path):
     for m in ("accuracy", "macro_f1"):
         v = res["overall"][m]
         assert 0 <= v["value"] <= 1 and "low" in v and "high" in v
-    ens = ensemble_runs([run.path, run.path], split="val", out=tmp_path / "ens", procedure="intra_ensemble",
-                        procedure_params={"views": 3, "depth": 8}, n_boot=50)
+    from chestdx.cli import main
+
+    assert main(["ensemble", str(run.path), str(run.path), "--split", "val", "--out", str(tmp_path / "ens"),
+                 "--procedure", "intra_ensemble", "--params", '{"views": 3, "depth": 8}', "--n-boot", "50",
+                 "--no-progress"]) == 0
+    ens = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    with pytest.raises(Exception, match="at least one run"):
+        ensemble_runs([], split="val")
     assert list(ens["members"]) == [str(run.path)]  # members are keyed by run folder
     assert (tmp_path / "ens" / "metrics.md").is_file() and (tmp_path / "ens" / "predictions.csv").is_file()
     # an ensemble of a run with itself answers as that run

@@ -99,6 +99,17 @@ class SupCon(nn.Module):
             first = nn.Linear(in_dim, hidden_dim) if in_dim else nn.LazyLinear(hidden_dim)
             self.head = nn.Sequential(first, nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
 
+    def materialize_for(self, model: nn.Module) -> None:
+        """Give a lazy projection head its input width from ``model.feature_dim`` (the pooled
+        embedding's width), so that the optimiser and a DDP wrapper see real parameters from the start."""
+        from torch.nn.parameter import is_lazy
+
+        dim = getattr(model, "feature_dim", None)
+        if self.head is None or not dim or not any(is_lazy(p) for p in self.head.parameters()):
+            return
+        with torch.no_grad():
+            self.head(torch.zeros(2, int(dim)))
+
     def forward(self, model: nn.Module, out: Any, batch: dict[str, Tensor]) -> Tensor:
         emb = out.embedding
         if emb is None:
