@@ -232,7 +232,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     over = _overrides_from_args(args)
     table = run_table(args.recipes, args.data, args.out, seeds=args.seeds, overrides=over,
-                      n_boot=args.n_boot, progress=not args.no_progress, folds=args.folds)
+                      n_boot=args.n_boot, progress=not args.no_progress, folds=args.folds,
+                      metrics=tuple(args.metrics))
     print(table)
     return 0
 
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--folds", type=int, help="k-fold cross-validation by patient instead of seeds (MAG-SD: 5)")
+    s.add_argument("--metrics", nargs="+", default=["accuracy", "precision", "recall", "f1"],
+                   help="table columns (e.g. accuracy macro_f1 for CMC-COV19D's Table 1)")
     s.add_argument("--n-boot", type=int, default=200)
     s.add_argument("--no-progress", action="store_true")
     _add_train_overrides(s)
