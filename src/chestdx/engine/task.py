@@ -51,8 +51,9 @@ class ChestTask(L.LightningModule):
             build_objective(o.name, o.params, k, class_counts) for o in recipe.objectives
         )
         for term in self.objectives.modules():  # lazy layers (e.g. supcon's projection) get their width now
-            if hasattr(term, "materialize_for"):
-                term.materialize_for(self.model)
+            materialize = getattr(term, "materialize_for", None)
+            if callable(materialize):
+                materialize(self.model)
         self.mixer = (build_mixer(recipe.mixing.name, recipe.mixing.prob, recipe.mixing.params, k)
                       if recipe.mixing else None)
         self._val_probs: list[Tensor] = []
