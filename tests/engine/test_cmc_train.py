@@ -32,6 +32,8 @@ def test_training_moves_and_learns_the_weights(cmc_run):
     run, _ = cmc_run
     hist = json.loads((run.path / "history.json").read_text())
     assert len(hist) == 2 and all(np.isfinite(h["train_loss"]) for h in hist)
+    for part in ("supcon", "ce", "mixup_ce", "sigma1", "sigma2"):  # Eq. 7's parts are logged per epoch
+        assert np.isfinite(hist[-1][f"train_uncertainty_{part}"])
     assert hist[-1]["val_loss"] < hist[0]["val_loss"]  # seeded: 0.787 -> 0.629 when written
     task = run.load_task("last")
     log_sigma = task.objectives[0].log_sigma.detach()

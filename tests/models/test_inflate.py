@@ -17,10 +17,11 @@ def _tv_features(net, x):
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
-@pytest.mark.parametrize("time_kernel,depth_stride", [(3, True), (1, False)])
-def test_repeated_slice_volume_gives_2d_features_resnet(time_kernel, depth_stride):
+@pytest.mark.parametrize("name,time_kernel,depth_stride", [
+    ("resnet18", 3, True), ("resnet18", 1, False), pytest.param("resnet50", 3, True, marks=pytest.mark.slow)])
+def test_repeated_slice_volume_gives_2d_features_resnet(name, time_kernel, depth_stride):
     torch.manual_seed(0)
-    net = torchvision.models.resnet18()
+    net = getattr(torchvision.models, name)()
     net.eval()
     net3d = inflate_2d_to_3d(net, time_kernel, depth_stride).eval()
     x = torch.randn(1, 3, 32, 32)

@@ -93,6 +93,9 @@ class ChestTask(L.LightningModule):
         if len(terms) > 1:
             for n, v in terms.items():
                 self.log(f"train_{n}", v, on_step=False, on_epoch=True, batch_size=bs)
+        for n, term in zip(self.objective_names, self.objectives, strict=True):
+            for part, v in getattr(term, "last_parts", {}).items():  # e.g. uncertainty: each loss, each sigma
+                self.log(f"train_{n}_{part}", float(v), on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
