@@ -102,3 +102,14 @@ def test_inflated3d_model_shapes_checkpointing_and_registry():
                              else m.stages[0][0].conv1.weight)[0]
     torch.testing.assert_close(loss_a, loss_b)
     torch.testing.assert_close(ga, gb)
+
+
+def test_bf16_autocast_forward_backward():
+    m = Inflated3DNet(2, "resnet18", time_kernel=3, checkpointing=True)
+    x = torch.rand(2, 1, 8, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        loss = torch.nn.functional.cross_entropy(out.logits.float(), torch.tensor([0, 1]))
+    loss.backward()
+    assert out.features.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert m.head[1].weight.grad is not None
