@@ -1261,6 +1261,111 @@ def _split_ids(ids: list[str], rng: np.random.Generator, fractions: tuple[float,
     return out
 
 
+@dataclass
+class PlannedPatient:
+    """One phantom patient to write: where, what, and under which id and split.
+
+    Attributes:
+        site_index: index of ``site`` in the site list (part of every random key).
+        site: the site profile.
+        finding: 0 normal, 1 other pneumonia, 2 COVID-19 (what :func:`sample_patient` draws).
+        index: the patient's number within its finding and site.
+        pid: ``<site>-<tag><code>``, codes a seeded permutation (ids say nothing about the class).
+        split: ``train`` / ``val`` / ``test``, stratified by finding within the site.
+        label: the class index (= finding for 3 classes, ``finding == 2`` for 2).
+        class_name: the class's name.
+    """
+
+    site_index: int
+    site: SiteProfile
+    finding: int
+    index: int
+    pid: str
+    split: str
+    label: int
+    class_name: str
+
+    def rng(self, seed: int, *extra: int) -> np.random.Generator:
+        """The patient's own generator: keyed by site, finding, index (and ``extra``)."""
+        return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(self.site_index, self.finding,
+                                                                             self.index, *extra)))
+
+
+def check_sites(sites: int | Sequence[SiteProfile]) -> list[SiteProfile]:
+    """The site list of a ``sites`` argument (a count or profiles).
+
+    Raises:
+        ConfigError: no site, or repeated names (they prefix patient ids).
+    """
+    site_list = default_sites(sites) if isinstance(sites, int) else list(sites)
+    if not site_list:
+        raise ConfigError("at least one site is needed")
+    names_seen = [st.name for st in site_list]
+    if len(set(names_seen)) != len(names_seen):
+        raise ConfigError(f"site names must be unique (they prefix patient ids), got {names_seen}")
+    return site_list
+
+
+def plan_patients(site_list: Sequence[SiteProfile], n_patients_per_class: int, num_classes: int, seed: int,
+                  salt: int = 1_000_003, tag: str = "p", split_salt: int | None = None) -> list[PlannedPatient]:
+    """Every patient of a phantom data set, site by site.
+
+    Per site: ``n_patients_per_class`` per class (for 2 classes the non-COVID class is half normal,
+    half other pneumonia); ids from a permutation seeded by ``(site, salt)``; a patient-level split
+    stratified by finding, seeded by ``(site, split_salt, finding)`` (default ``salt + 1_000_000``).
+    Each writer has its own salts and ``tag`` so that its ids and splits do not repeat another kind's.
+
+    Raises:
+        ConfigError: ``num_classes`` not 2 or 3.
+    """
+    if num_classes not in (2, 3):
+        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
+    names = CLASS_NAMES_3 if num_classes == 3 else CLASS_NAMES_2
+    out: list[PlannedPatient] = []
+    for s_idx, site in enumerate(site_list):
+        plan: list[tuple[int, int]] = []
+        if num_classes == 3:
+            for finding in range(3):
+                plan += [(finding, i) for i in range(n_patients_per_class)]
+        else:
+            n_norm = n_patients_per_class // 2
+            plan += [(0, i) for i in range(n_norm)] + [(1, i) for i in range(n_patients_per_class - n_norm)]
+            plan += [(2, i) for i in range(n_patients_per_class)]
+        site_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, salt)))
+        codes = site_rng.permutation(len(plan))
+        pids = [f"{site.name}-{tag}{int(codes[k]):05d}" for k in range(len(plan))]
+        by_finding: dict[int, list[str]] = {}
+        for (finding, _i), pid in zip(plan, pids, strict=True):
+            by_finding.setdefault(finding, []).append(pid)
+        split_of: dict[str, str] = {}
+        for finding in sorted(by_finding):
+            r_split = np.random.default_rng(np.random.SeedSequence(
+                seed, spawn_key=(s_idx, salt + 1_000_000 if split_salt is None else split_salt, finding)))
+            split_of.update(_split_ids(by_finding[finding], r_split))
+        for (finding, i), pid in zip(plan, pids, strict=True):
+            label = finding if num_classes == 3 else int(finding == 2)
+            out.append(PlannedPatient(s_idx, site, finding, i, pid, split_of[pid], label, names[label]))
+    return out
+
+
+def write_slice_pair(out: Path, fname: str, image_hu: np.ndarray, mask: np.ndarray) -> dict[str, str]:
+    """Write ``images/<fname>`` (lung-windowed 8-bit PNG) and ``masks/<fname>`` (0/255); returns the
+    manifest's ``path`` and ``mask`` entries."""
+    (out / "images" / fname).write_bytes(_png_bytes(window_to_uint8(image_hu)))
+    (out / "masks" / fname).write_bytes(_png_bytes((mask > 0).astype(np.uint8) * 255))
+    return {"path": f"images/{fname}", "mask": f"masks/{fname}"}
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Write phantom manifest rows (sorted by site, then path) as CSV, atomically; returns ``path``."""
+    rows = sorted(rows, key=lambda rw: (rw["site"], rw["path"]))
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+        wr.writeheader()
+        wr.writerows(rows)
+    return path
+
+
 def synthesize_slices(
     out_dir: str | Path,
     *,
@@ -1304,54 +1409,16 @@ def synthesize_slices(
                         ("slices_per_patient", slices_per_patient, 1), ("size", size, 16)):
         if not isinstance(v, int) or v < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
-    site_list = default_sites(sites) if isinstance(sites, int) else list(sites)
-    if not site_list:
-        raise ConfigError("at least one site is needed")
-    names_seen = [st.name for st in site_list]
-    if len(set(names_seen)) != len(names_seen):
-        raise ConfigError(f"site names must be unique (they prefix patient ids), got {names_seen}")
+    site_list = check_sites(sites)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     vol_hw = max(96, min(2 * size, 256)) if size < 128 else size
-    names = CLASS_NAMES_3 if num_classes == 3 else CLASS_NAMES_2
     rows: list[dict[str, Any]] = []
-    for s_idx, site in enumerate(site_list):
-        # (finding, index within finding) for this site
-        plan: list[tuple[int, int]] = []
-        if num_classes == 3:
-            for finding in range(3):
-                plan += [(finding, i) for i in range(n_patients_per_class)]
-        else:
-            n_norm = n_patients_per_class // 2
-            plan += [(0, i) for i in range(n_norm)]
-            plan += [(1, i) for i in range(n_patients_per_class - n_norm)]
-            plan += [(2, i) for i in range(n_patients_per_class)]
-        site_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 1_000_003)))
-        codes = site_rng.permutation(len(plan))
-        pids = [f"{site.name}-p{int(codes[k]):05d}" for k in range(len(plan))]
-        by_finding: dict[int, list[str]] = {}
-        for (finding, _i), pid in zip(plan, pids, strict=True):
-            by_finding.setdefault(finding, []).append(pid)
-        split_of: dict[str, str] = {}
-        for finding in sorted(by_finding):
-            r_split = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 2_000_003, finding)))
-            split_of.update(_split_ids(by_finding[finding], r_split))
-        for (finding, i), pid in zip(plan, pids, strict=True):
-            prng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, finding, i)))
-            ph = sample_patient(prng, finding)
-            label = finding if num_classes == 3 else int(finding == 2)
-            for k, (img, msk) in enumerate(_patient_slices(ph, site, prng, slices_per_patient, size, vol_hw)):
-                fname = f"{pid}_{k:02d}.png"
-                (out / "images" / fname).write_bytes(_png_bytes(window_to_uint8(img)))
-                (out / "masks" / fname).write_bytes(_png_bytes((msk > 0).astype(np.uint8) * 255))
-                rows.append({"path": f"images/{fname}", "label": label, "class": names[label],
-                             "patient_id": pid, "site": site.name, "mask": f"masks/{fname}",
-                             "split": split_of[pid]})
-    rows.sort(key=lambda rw: (rw["site"], rw["path"]))
-    manifest = out / "manifest.csv"
-    with atomic_open(manifest, "w", encoding="utf-8", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
-        wr.writeheader()
-        wr.writerows(rows)
-    return manifest
+    for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 1_000_003, "p"):
+        prng = pt.rng(seed)
+        ph = sample_patient(prng, pt.finding)
+        for k, (img, msk) in enumerate(_patient_slices(ph, pt.site, prng, slices_per_patient, size, vol_hw)):
+            rows.append({**write_slice_pair(out, f"{pt.pid}_{k:02d}.png", img, msk), "label": pt.label,
+                         "class": pt.class_name, "patient_id": pt.pid, "site": pt.site.name, "split": pt.split})
+    return write_manifest(out / "manifest.csv", rows, MANIFEST_COLUMNS)

@@ -24,7 +24,6 @@ along the antero-posterior axis, as a frontal radiograph is formed:
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,21 +33,18 @@ import numpy as np
 from scipy import ndimage
 
 from chestdx.data.phantom import (
-    CLASS_NAMES_2,
-    CLASS_NAMES_3,
     FOV_MM,
     MANIFEST_COLUMNS,
     Z_EXTENT_MM,
     ChestPhantom,
     SiteProfile,
-    _png_bytes,
-    _split_ids,
-    default_sites,
+    check_sites,
+    plan_patients,
     sample_patient,
-    window_to_uint8,
+    write_manifest,
+    write_slice_pair,
 )
 from chestdx.errors import ConfigError
-from chestdx.utils import atomic_open
 
 MU_WATER_PER_MM = 0.02
 
@@ -162,53 +158,20 @@ def synthesize_cxr(
                         ("images_per_patient", images_per_patient, 1), ("size", size, 16)):
         if not isinstance(v, int) or v < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
-    site_list = default_sites(sites) if isinstance(sites, int) else list(sites)
-    if not site_list:
-        raise ConfigError("at least one site is needed")
+    site_list = check_sites(sites)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     vol_hw = 96 if size <= 128 else 128
-    names = CLASS_NAMES_3 if num_classes == 3 else CLASS_NAMES_2
     rows: list[dict[str, Any]] = []
-    for s_idx, site in enumerate(site_list):
-        plan: list[tuple[int, int]] = []
-        if num_classes == 3:
-            for finding in range(3):
-                plan += [(finding, i) for i in range(n_patients_per_class)]
-        else:
-            n_norm = n_patients_per_class // 2
-            plan += [(0, i) for i in range(n_norm)] + [(1, i) for i in range(n_patients_per_class - n_norm)]
-            plan += [(2, i) for i in range(n_patients_per_class)]
-        site_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 1_000_003)))
-        codes = site_rng.permutation(len(plan))
-        pids = [f"{site.name}-x{int(codes[k]):05d}" for k in range(len(plan))]
-        by_finding: dict[int, list[str]] = {}
-        for (finding, _i), pid in zip(plan, pids, strict=True):
-            by_finding.setdefault(finding, []).append(pid)
-        split_of: dict[str, str] = {}
-        for finding in sorted(by_finding):
-            r_split = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 2_000_003, finding)))
-            split_of.update(_split_ids(by_finding[finding], r_split))
-        for (finding, i), pid in zip(plan, pids, strict=True):
-            prng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, finding, i)))
-            ph = sample_patient(prng, finding)
-            label = finding if num_classes == 3 else int(finding == 2)
-            for k in range(images_per_patient):
-                img, msk = render_cxr(ph, site, prng, size, vol_hw)
-                fname = f"{pid}_{k:02d}.png"
-                (out / "images" / fname).write_bytes(_png_bytes(window_to_uint8(img)))
-                (out / "masks" / fname).write_bytes(_png_bytes((msk > 0).astype(np.uint8) * 255))
-                rows.append({"path": f"images/{fname}", "label": label, "class": names[label],
-                             "patient_id": pid, "site": site.name, "mask": f"masks/{fname}",
-                             "split": split_of[pid]})
-    rows.sort(key=lambda rw: (rw["site"], rw["path"]))
-    manifest = out / "manifest.csv"
-    with atomic_open(manifest, "w", encoding="utf-8", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
-        wr.writeheader()
-        wr.writerows(rows)
-    return manifest
+    for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 1_000_003, "x"):
+        prng = pt.rng(seed)
+        ph = sample_patient(prng, pt.finding)
+        for k in range(images_per_patient):
+            img, msk = render_cxr(ph, pt.site, prng, size, vol_hw)
+            rows.append({**write_slice_pair(out, f"{pt.pid}_{k:02d}.png", img, msk), "label": pt.label,
+                         "class": pt.class_name, "patient_id": pt.pid, "site": pt.site.name, "split": pt.split})
+    return write_manifest(out / "manifest.csv", rows, MANIFEST_COLUMNS)
 
 
 __all__ = ["project_volume", "render_cxr", "synthesize_cxr"]

@@ -20,7 +20,6 @@ COVIDx-SeqCT builder skips them unless asked to pad).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,17 @@ from typing import Any
 import numpy as np
 
 from chestdx.data.phantom import (
-    CLASS_NAMES_2,
-    CLASS_NAMES_3,
     MANIFEST_COLUMNS,
     ChestPhantom,
     SiteProfile,
-    _png_bytes,
-    _split_ids,
-    default_sites,
+    check_sites,
+    plan_patients,
     render_ct_slice,
     sample_patient,
-    window_to_uint8,
+    write_manifest,
+    write_slice_pair,
 )
 from chestdx.errors import ConfigError
-from chestdx.utils import atomic_open
 
 __all__ = ["SEQUENCE_MANIFEST_COLUMNS", "scan_slices", "synthesize_sequences"]
 
@@ -115,51 +111,19 @@ def synthesize_sequences(
         raise ConfigError(f"min_slices ({lo_n}) must not exceed slices_per_scan ({slices_per_scan})")
     if not 0.0 < span <= 0.87:
         raise ConfigError(f"span must lie in (0, 0.87], got {span}")
-    site_list = default_sites(sites) if isinstance(sites, int) else list(sites)
-    if not site_list or len({s.name for s in site_list}) != len(site_list):
-        raise ConfigError("give at least one site, with unique names")
+    site_list = check_sites(sites)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     vol_hw = max(96, min(2 * size, 256)) if size < 128 else size
-    names = CLASS_NAMES_3 if num_classes == 3 else CLASS_NAMES_2
     rows: list[dict[str, Any]] = []
-    for s_idx, site in enumerate(site_list):
-        plan: list[tuple[int, int]] = []
-        if num_classes == 3:
-            for finding in range(3):
-                plan += [(finding, i) for i in range(n_patients_per_class)]
-        else:
-            n_norm = n_patients_per_class // 2
-            plan += [(0, i) for i in range(n_norm)] + [(1, i) for i in range(n_patients_per_class - n_norm)]
-            plan += [(2, i) for i in range(n_patients_per_class)]
-        site_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 3_000_017)))
-        codes = site_rng.permutation(len(plan))
-        pids = [f"{site.name}-p{int(codes[k]):05d}" for k in range(len(plan))]
-        by_finding: dict[int, list[str]] = {}
-        for (finding, _i), pid in zip(plan, pids, strict=True):
-            by_finding.setdefault(finding, []).append(pid)
-        split_of: dict[str, str] = {}
-        for finding in sorted(by_finding):
-            r_split = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 4_000_037, finding)))
-            split_of.update(_split_ids(by_finding[finding], r_split))
-        for (finding, i), pid in zip(plan, pids, strict=True):
-            prng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, finding, i, 5)))
-            ph = sample_patient(prng, finding)
-            n = int(prng.integers(lo_n, slices_per_scan + 1))
-            label = finding if num_classes == 3 else int(finding == 2)
-            scan = f"{pid}_s1"
-            for k, (img, msk) in enumerate(scan_slices(ph, site, prng, n, size, vol_hw, span)):
-                fname = f"{scan}_{k:03d}.png"
-                (out / "images" / fname).write_bytes(_png_bytes(window_to_uint8(img)))
-                (out / "masks" / fname).write_bytes(_png_bytes((msk > 0).astype(np.uint8) * 255))
-                rows.append({"path": f"images/{fname}", "label": label, "class": names[label], "patient_id": pid,
-                             "site": site.name, "mask": f"masks/{fname}", "split": split_of[pid],
-                             "scan_id": scan, "slice": k})
-    rows.sort(key=lambda rw: (rw["site"], rw["path"]))
-    manifest = out / "manifest.csv"
-    with atomic_open(manifest, "w", encoding="utf-8", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(SEQUENCE_MANIFEST_COLUMNS), lineterminator="\n")
-        wr.writeheader()
-        wr.writerows(rows)
-    return manifest
+    for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 3_000_017, "p", 4_000_037):
+        prng = pt.rng(seed, 5)
+        ph = sample_patient(prng, pt.finding)
+        n = int(prng.integers(lo_n, slices_per_scan + 1))
+        scan = f"{pt.pid}_s1"
+        for k, (img, msk) in enumerate(scan_slices(ph, pt.site, prng, n, size, vol_hw, span)):
+            rows.append({**write_slice_pair(out, f"{scan}_{k:03d}.png", img, msk), "label": pt.label,
+                         "class": pt.class_name, "patient_id": pt.pid, "site": pt.site.name, "split": pt.split,
+                         "scan_id": scan, "slice": k})
+    return write_manifest(out / "manifest.csv", rows, SEQUENCE_MANIFEST_COLUMNS)

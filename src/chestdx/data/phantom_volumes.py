@@ -16,7 +16,6 @@ back with :func:`~chestdx.data.read_volume`, a volume is ``(D, H, W)`` inferior 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,14 @@ import numpy as np
 from scipy import ndimage
 
 from chestdx.data.phantom import (
-    CLASS_NAMES_2,
-    CLASS_NAMES_3,
     MANIFEST_COLUMNS,
     SiteProfile,
-    _split_ids,
-    default_sites,
+    check_sites,
+    plan_patients,
     sample_patient,
+    write_manifest,
 )
 from chestdx.errors import ConfigError
-from chestdx.utils import atomic_open
 
 __all__ = ["acquire_volume", "save_nifti_volume", "synthesize_volumes"]
 
@@ -114,51 +111,22 @@ def synthesize_volumes(
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 4:
         raise ConfigError(f"shape must be (D, H, W) with every side >= 4, got {shape}")
-    site_list = default_sites(sites) if isinstance(sites, int) else list(sites)
-    if not site_list or len({s.name for s in site_list}) != len(site_list):
-        raise ConfigError("give at least one site, with unique names")
+    site_list = check_sites(sites)
     out = Path(out_dir)
     (out / "volumes").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    names = CLASS_NAMES_3 if num_classes == 3 else CLASS_NAMES_2
     rows: list[dict[str, Any]] = []
-    for s_idx, site in enumerate(site_list):
-        plan: list[tuple[int, int]] = []
-        if num_classes == 3:
-            for finding in range(3):
-                plan += [(finding, i) for i in range(n_patients_per_class)]
-        else:
-            n_norm = n_patients_per_class // 2
-            plan += [(0, i) for i in range(n_norm)] + [(1, i) for i in range(n_patients_per_class - n_norm)]
-            plan += [(2, i) for i in range(n_patients_per_class)]
-        site_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 6_000_011)))
-        codes = site_rng.permutation(len(plan))
-        pids = [f"{site.name}-v{int(codes[k]):05d}" for k in range(len(plan))]
-        by_finding: dict[int, list[str]] = {}
-        for (finding, _i), pid in zip(plan, pids, strict=True):
-            by_finding.setdefault(finding, []).append(pid)
-        split_of: dict[str, str] = {}
-        for finding in sorted(by_finding):
-            r_split = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, 7_000_003, finding)))
-            split_of.update(_split_ids(by_finding[finding], r_split))
-        for (finding, i), pid in zip(plan, pids, strict=True):
-            prng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(s_idx, finding, i, 9)))
-            ph = sample_patient(prng, finding)
-            vol, mask, meta = ph.render(shape, (0.0, 1.0))
-            spacing = meta["spacing_mm"]
-            scan = acquire_volume(vol, spacing, site, prng)
-            # the phantom runs thoracic inlet -> abdomen (superior -> inferior); files are stored so
-            # that read_volume gives inferior -> superior
-            save_nifti_volume(out / "volumes" / f"{pid}.nii.gz", np.rint(scan[::-1]).astype(np.int16), spacing)
-            save_nifti_volume(out / "masks" / f"{pid}.nii.gz", (mask[::-1] > 0).astype(np.uint8), spacing)
-            label = finding if num_classes == 3 else int(finding == 2)
-            rows.append({"path": f"volumes/{pid}.nii.gz", "label": label, "class": names[label],
-                         "patient_id": pid, "site": site.name, "mask": f"masks/{pid}.nii.gz",
-                         "split": split_of[pid]})
-    rows.sort(key=lambda rw: (rw["site"], rw["path"]))
-    manifest = out / "manifest.csv"
-    with atomic_open(manifest, "w", encoding="utf-8", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
-        wr.writeheader()
-        wr.writerows(rows)
-    return manifest
+    for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 6_000_011, "v", 7_000_003):
+        prng = pt.rng(seed, 9)
+        ph = sample_patient(prng, pt.finding)
+        vol, mask, meta = ph.render(shape, (0.0, 1.0))
+        spacing = meta["spacing_mm"]
+        scan = acquire_volume(vol, spacing, pt.site, prng)
+        # the phantom runs thoracic inlet -> abdomen (superior -> inferior); files are stored so
+        # that read_volume gives inferior -> superior
+        save_nifti_volume(out / "volumes" / f"{pt.pid}.nii.gz", np.rint(scan[::-1]).astype(np.int16), spacing)
+        save_nifti_volume(out / "masks" / f"{pt.pid}.nii.gz", (mask[::-1] > 0).astype(np.uint8), spacing)
+        rows.append({"path": f"volumes/{pt.pid}.nii.gz", "label": pt.label, "class": pt.class_name,
+                     "patient_id": pt.pid, "site": pt.site.name, "mask": f"masks/{pt.pid}.nii.gz",
+                     "split": pt.split})
+    return write_manifest(out / "manifest.csv", rows, MANIFEST_COLUMNS)
