@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from chestdx.data.layouts import Sample, resolve_label
+from chestdx.data.layouts import Sample, read_csv_rows, resolve_label
 from chestdx.errors import DataError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,7 @@ def from_ieee8023(csv_path: str | Path, class_names: Sequence[str], site: str | 
     csv_path = Path(csv_path)
     base = csv_path.resolve().parent
     site = site or base.name
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, csv.Error) as e:
-        raise DatasetError(f"{csv_path}: cannot read CSV ({e})") from None
+    fields, rows = read_csv_rows(csv_path)
     col = {_key(c): c for c in fields if c}
     missing = [c for c in _REQUIRED if c not in col]
     if missing or not ("path" in col or "filename" in col):

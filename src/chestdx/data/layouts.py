@@ -325,6 +325,20 @@ def _is_int(text: str) -> bool:
     return re.fullmatch(r"[+-]?\d+(\.0*)?", text.strip()) is not None
 
 
+def read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """``(column names, rows)`` of a CSV file (BOM and bad bytes tolerated).
+
+    Raises:
+        DatasetError: the file cannot be read as CSV.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+    except (OSError, csv.Error) as e:
+        raise DatasetError(f"{csv_path}: cannot read CSV ({e})") from None
+
+
 def from_manifest(csv_path: str | Path, class_names: Sequence[str], site: str | None = None) -> list[Sample]:
     """Read a CSV manifest ``path,label[,class,patient_id,site,mask,split,xmin,ymin,xmax,ymax]``.
 
@@ -353,13 +367,7 @@ def from_manifest(csv_path: str | Path, class_names: Sequence[str], site: str | 
         raise DatasetError(f"{csv_path}: manifest not found")
     base = csv_path.resolve().parent
     site = site or base.name
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, csv.Error) as e:
-        raise DatasetError(f"{csv_path}: cannot read CSV ({e})") from None
+    fields, rows = read_csv_rows(csv_path)
     header = {_norm(c): c for c in fields if c is not None}
     path_col = _col(header, _PATH_COLS)
     label_col = _col(header, ("label", "target", "y"))

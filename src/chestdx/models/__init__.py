@@ -44,6 +44,14 @@ def build_model(cfg: Any, num_classes: int, in_chans: int = 1) -> ChestModel:
     return _BUILDERS[cfg.name](cfg, num_classes=num_classes, in_chans=in_chans)
 
 
+def _backbone_model(name: str, cls: Callable[..., ChestModel], cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """``cls(num_classes, backbone, in_chans, weights, dropout=..., **params)``; bad params -> ConfigError."""
+    try:
+        return cls(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
+    except TypeError as e:
+        raise ConfigError(f"model '{name}': bad params {cfg.params}: {e}") from None
+
+
 @register_model("resnet_mlp")
 def _resnet_mlp(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
     return ResNetMLP(num_classes, cfg.backbone, in_chans, cfg.weights, cfg.head_hidden, cfg.dropout,
@@ -55,20 +63,14 @@ def _resnet_att2(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
     """ResNet50-ATT2; ``params``: compatibility (parametrised | dot), tail_blocks (models/attention.py)."""
     from chestdx.models.attention import ResNetATT2
 
-    try:
-        return ResNetATT2(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
-    except TypeError as e:
-        raise ConfigError(f"model 'resnet_att2': bad params {cfg.params}: {e}") from None
+    return _backbone_model("resnet_att2", ResNetATT2, cfg, num_classes, in_chans)
 
 
 @register_model("inflated3d")
 def _inflated3d(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
     """Inflated 3D ResNet / ResNeSt of CMC-COV19D; ``params``: time_kernel, depth_stride, checkpointing
     (models/inflate.py)."""
-    try:
-        return Inflated3DNet(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
-    except TypeError as e:
-        raise ConfigError(f"model 'inflated3d': bad params {cfg.params}: {e}") from None
+    return _backbone_model("inflated3d", Inflated3DNet, cfg, num_classes, in_chans)
 
 
 @register_model("att2_bilstm")
@@ -84,10 +86,7 @@ def _magsd(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
     """MA-Net of MAG-SD; ``params``: num_maps, scales, pooling, feature_norm (see models/magsd.py)."""
     from chestdx.models.magsd import MANet
 
-    try:
-        return MANet(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
-    except TypeError as e:
-        raise ConfigError(f"model 'magsd': bad params {cfg.params}: {e}") from None
+    return _backbone_model("magsd", MANet, cfg, num_classes, in_chans)
 
 
 @register_model("affinity")
