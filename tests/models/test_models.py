@@ -18,7 +18,7 @@ def test_interface(name):
         pytest.skip("takes slice sequences (B, T, 1, H, W); its interface test is in tests/models/test_sequence.py")
     cfg = ModelConfig(name=name, backbone="resnet18", head_hidden=16)
     model = build_model(cfg, num_classes=3, in_chans=1)
-    x = torch.randn(2, 1, 64, 64)
+    x = torch.randn(*{"inflated3d": (2, 1, 8, 32, 32)}.get(name, (2, 1, 64, 64)))  # 3D models take volumes
     out = model(x)
     assert isinstance(out, ModelOutput)
     assert out.logits.shape == (2, 3)
