@@ -101,3 +101,26 @@ def test_concurrent_requests_are_batched(client):
     assert codes == [200] * 8
     assert client.app_state.batcher.images_run - before_images == 8
     assert client.app_state.batcher.batches_run - before_batches < 8  # some requests shared a pass
+
+
+def test_a_3d_model_answers_an_uploaded_series(series_dir):
+    """Scan models (here the inflated 3D CMC-COV19D network) answer a zip of a series in one call."""
+    from chestdx.config import load_recipe
+    from chestdx.models import build_model
+
+    r = load_recipe("cmc_model1", {"data": {"image_size": 32, "volume_depth": 8},
+                                   "model": {"backbone": "resnet18", "weights": "none"},
+                                   "inference": {"name": "plain", "params": {}}})
+    p = Predictor.from_model(r, build_model(r.model, num_classes=r.data.num_classes).eval())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in series_dir.iterdir():
+            zf.write(f, f.name)
+    with TestClient(create_app(p)) as c:
+        r1 = c.post("/predict", files={"file": ("ct.zip", buf.getvalue(), "application/zip")})
+        assert r1.status_code == 200, r1.text
+        body = r1.json()
+        assert body["kind"] == "volume" and body["aggregation"] == "volume" and body["n_slices"] == 8
+        assert body["overlay"].startswith("data:image/png")
+        r2 = c.post("/predict", files={"file": ("one.png", _png_bytes(), "image/png")})
+        assert r2.status_code == 422 and "answers scans" in r2.json()["detail"]
