@@ -4,7 +4,9 @@
 2. train the ``demo`` recipe (the baseline shrunk: ResNet-18, 64 px, from scratch);
 3. evaluate on the held-out patients, per site, with 95% bootstrap intervals;
 4. draw CAM heatmaps over test images;
-5. write one self-contained HTML report.
+5. export the model bundle (``demo_out/model``) and answer one test image with it
+   (``demo_out/study_report.html``, what ``chestdx report`` writes);
+6. write one self-contained HTML report.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
         caption = (f"{Path(s.path).name}: true {run.class_names[s.label]}, predicted {pred.label} "
                    f"({pred.probs[pred.label]:.2f})")
         images.append((caption, png))
+    from chestdx.serve.bundle import export_bundle
+    from chestdx.serve.report import write_study_report
+
+    bundle = export_bundle(run, out / "model", overwrite=True)
+    study = write_study_report(Predictor(bundle), picks[-1].path, out / "study_report.html")
     wall = time.time() - t0
     overall = result["overall"]
     summary = (
@@ -72,7 +79,9 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
         f"({recipe.description}), {recipe.trainer.epochs} epochs. Test images: "
         f"{result['n_images']}. Accuracy {100 * overall['accuracy']['value']:.1f}%, macro F1 "
         f"{100 * overall['macro_f1']['value']:.1f}%. Training {t_train:.0f} s, whole demo {wall:.0f} s "
-        f"on this machine. Heatmaps are CAM (Grad-CAM through the MLP head) of the predicted class."
+        f"on this machine. Heatmaps are CAM (Grad-CAM through the MLP head) of the predicted class. "
+        f"The trained model is exported as a bundle in `{bundle}` (serve it with `chestdx serve {bundle}`); "
+        f"`{study.name}` is its one-page report on a test image."
     )
     md = metrics_report_markdown(result, "demo")
     sections = [("Summary", summary), ("Metrics (95% bootstrap intervals)", md)]
