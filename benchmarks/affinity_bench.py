@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=4.0)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--val-batches", type=int, help="validation batches per epoch (default: all)")
     ap.add_argument("--set", nargs="*", default=[], help="more recipe overrides key=value")
     args = ap.parse_args()
 
@@ -60,8 +61,10 @@ def main() -> None:
         over.append("data.segmentation_sources=[" + ", ".join(str(Path(p).resolve()) for p in args.seg_data) + "]")
     recipe = load_recipe(args.recipe, over + list(args.set))
     t0 = time.time()
-    run = train(recipe, [manifest], out / "run", progress=False,
-                trainer_overrides={"max_time": {"minutes": args.max_minutes}})
+    trainer_over: dict[str, object] = {"max_time": {"minutes": args.max_minutes}}
+    if args.val_batches:
+        trainer_over["limit_val_batches"] = args.val_batches
+    run = train(recipe, [manifest], out / "run", progress=False, trainer_overrides=trainer_over)
     t_train = time.time() - t0
     hist = json.loads((out / "run" / "history.json").read_text())
     device = "cuda" if torch.cuda.is_available() else "cpu"
