@@ -22,6 +22,10 @@ def test_interface(name):
     out = model(x)
     assert isinstance(out, ModelOutput)
     assert out.logits.shape == (2, 3)
+    if name == "affinity":  # answers from RoI mask features: no dense feature map, no CAM head
+        assert out.features is None and out.embedding.shape[0] == 2
+        assert torch.allclose(out.probs.sum(1), torch.ones(2))
+        return
     assert out.features is not None and out.features.shape[:2] == (2, model.feature_dim)
     assert out.embedding is not None and out.embedding.shape[0] == 2
     assert torch.allclose(out.probs.sum(1), torch.ones(2))
