@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from chestdx.errors import ConfigError
-from chestdx.models import ChestModel
+from chestdx.models import ChestModel, ModelOutput
 
 __all__ = ["HEATMAP_KINDS", "heatmap"]
 
@@ -30,8 +30,10 @@ def _unit(maps: Tensor) -> Tensor:
     return (maps / peak.view(-1, *[1] * (maps.ndim - 1))).clamp(0, 1)  # (B, H, W) or (B, D, H, W)
 
 
-def heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -> tuple[Tensor, str]:
+def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOutput | None = None) -> tuple[Tensor, str]:
     """Heatmaps of ``images (B, C, H, W)`` -> ``((B, H, W)`` in ``[0, 1]``, the kind used).
+
+    ``out``: the model's output on ``images`` when the caller has it (no second backbone pass).
 
     Raises:
         ConfigError: an unknown ``kind``, or a kind the model cannot give.
@@ -41,10 +43,10 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -> tuple[Tens
 
     if kind not in HEATMAP_KINDS:
         raise ConfigError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}")
-    out = None
-    if kind != "cam":
+    if kind != "cam" and out is None:
         with torch.no_grad():
             out = model(images)
+    if kind != "cam" and out is not None:
         if kind in ("auto", "att2") and "att1" in out.maps and "att2" in out.maps:
             return _unit(combine_attention(out.maps["att1"], out.maps["att2"], images.shape[-2:])), "att2"
         if kind in ("auto", "attention") and "attention" in out.maps:
@@ -53,4 +55,4 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -> tuple[Tens
             return attention_heatmap(model, images), "attention"
         if kind != "auto":
             raise ConfigError(f"{type(model).__name__} makes no {kind} maps; use kind 'cam' or 'auto'")
-    return _unit(cam(model, images).detach()), "cam"
+    return _unit(cam(model, images, out=out).detach()), "cam"
