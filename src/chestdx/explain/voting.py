@@ -114,7 +114,7 @@ def binary_votes(p_original: Tensor, p_copies: Tensor, theta: float) -> tuple[Te
 
 
 def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.2, cell: int = 8,
-               chunk: int = 64, positive: int = 1, fill: float = 0.0) -> VotingResult:
+               chunk: int | None = None, positive: int = 1, fill: float = 0.0) -> VotingResult:
     """CAM-directed test-time voting over ``k`` masked copies of each image.
 
     Args:
@@ -123,7 +123,9 @@ def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.
         k: number of masked copies (paper: 31); at most the number of grid cells.
         theta: certainty threshold of a supporting vote (paper: 0.2).
         cell: patch side in pixels (paper: 8, a 28 x 28 grid at 224 px).
-        chunk: how many copies go through the network at once (bounds memory).
+        chunk: how many copies go through the network at once (bounds memory). Default: 64 on a GPU,
+            8 on a CPU, where larger batches of 224 px copies were slower per copy (ResNet-50, 2
+            cores: 2.30 s per image at 8, 2.51 at 1, 3.65 at 64).
         positive: index of the positive class (binary task).
         fill: value of masked pixels (0 = the image mean after z-scoring).
 
@@ -133,6 +135,8 @@ def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.
     Raises:
         ConfigError: bad ``k``, ``theta``, ``cell``, ``chunk`` or ``positive``.
     """
+    if chunk is None:
+        chunk = 64 if images.is_cuda else 8
     if cell < 1 or chunk < 1:
         raise ConfigError(f"cam_voting: cell and chunk must be >= 1, got cell={cell}, chunk={chunk}")
     if not 0.0 <= theta <= 1.0:
