@@ -1291,6 +1291,20 @@ class PlannedPatient:
                                                                              self.index, *extra)))
 
 
+def check_phantom_args(num_classes: int, *ints: tuple[str, Any, int]) -> None:
+    """Refuse a class count other than 2 or 3 and any ``(name, value, minimum)`` that is not an
+    integer at least its minimum.
+
+    Raises:
+        ConfigError: naming the argument and the value.
+    """
+    if num_classes not in (2, 3):
+        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
+    for name, v, lo in ints:
+        if not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
 def check_sites(sites: int | Sequence[SiteProfile]) -> list[SiteProfile]:
     """The site list of a ``sites`` argument (a count or profiles).
 
@@ -1403,12 +1417,8 @@ def synthesize_slices(
     Raises:
         ConfigError: for a bad number of classes, patients, slices, sites or size.
     """
-    if num_classes not in (2, 3):
-        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
-    for name, v, lo in (("n_patients_per_class", n_patients_per_class, 1),
-                        ("slices_per_patient", slices_per_patient, 1), ("size", size, 16)):
-        if not isinstance(v, int) or v < lo:
-            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1),
+                       ("slices_per_patient", slices_per_patient, 1), ("size", size, 16))
     site_list = check_sites(sites)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from chestdx.data.phantom import (
     Z_EXTENT_MM,
     ChestPhantom,
     SiteProfile,
+    check_phantom_args,
     check_sites,
     plan_patients,
     sample_patient,
@@ -152,12 +153,8 @@ def synthesize_cxr(
     Raises:
         ConfigError: bad number of classes, patients, images, sites or size.
     """
-    if num_classes not in (2, 3):
-        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
-    for name, v, lo in (("n_patients_per_class", n_patients_per_class, 1),
-                        ("images_per_patient", images_per_patient, 1), ("size", size, 16)):
-        if not isinstance(v, int) or v < lo:
-            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1),
+                       ("images_per_patient", images_per_patient, 1), ("size", size, 16))
     site_list = check_sites(sites)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

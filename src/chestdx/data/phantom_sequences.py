@@ -30,6 +30,7 @@ from chestdx.data.phantom import (
     MANIFEST_COLUMNS,
     ChestPhantom,
     SiteProfile,
+    check_phantom_args,
     check_sites,
     plan_patients,
     render_ct_slice,
@@ -100,13 +101,9 @@ def synthesize_sequences(
     Raises:
         ConfigError: bad counts, sizes or span.
     """
-    if num_classes not in (2, 3):
-        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
     lo_n = slices_per_scan if min_slices is None else min_slices
-    for name, v, lo in (("n_patients_per_class", n_patients_per_class, 1), ("slices_per_scan", slices_per_scan, 1),
-                        ("min_slices", lo_n, 1), ("size", size, 16)):
-        if not isinstance(v, int) or v < lo:
-            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1),
+                       ("slices_per_scan", slices_per_scan, 1), ("min_slices", lo_n, 1), ("size", size, 16))
     if lo_n > slices_per_scan:
         raise ConfigError(f"min_slices ({lo_n}) must not exceed slices_per_scan ({slices_per_scan})")
     if not 0.0 < span <= 0.87:

@@ -26,6 +26,7 @@ from scipy import ndimage
 from chestdx.data.phantom import (
     MANIFEST_COLUMNS,
     SiteProfile,
+    check_phantom_args,
     check_sites,
     plan_patients,
     sample_patient,
@@ -104,10 +105,7 @@ def synthesize_volumes(
     Raises:
         ConfigError: bad counts, classes, sites or shape.
     """
-    if num_classes not in (2, 3):
-        raise ConfigError(f"num_classes must be 2 or 3, got {num_classes!r}")
-    if not isinstance(n_patients_per_class, int) or n_patients_per_class < 1:
-        raise ConfigError(f"n_patients_per_class must be an integer >= 1, got {n_patients_per_class!r}")
+    check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1))
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 4:
         raise ConfigError(f"shape must be (D, H, W) with every side >= 4, got {shape}")
