@@ -270,7 +270,7 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"- Task: {card['task']}; classes: {', '.join(card['class_names'] or [])}",
              f"- Network: {card['model']} ({card['backbone']}); inference: {(card.get('inference') or {}).get('name')}",
              f"- Input: image size {(card.get('preprocessing') or {}).get('image_size')} px, "
-             f"HU window {(card.get('preprocessing') or {}).get('hu_window')}", "",
+             f"HU window {(card.get('preprocessing') or {}).get('hu_window') or 'none'}", "",
              "## Training data"]
     td = card["training_data"]
     lines.append(f"- Sources: {', '.join(td.get('sources') or []) or 'unknown'}; sites: "
