@@ -105,8 +105,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from chestdx.engine.train import train
 
     recipe = load_recipe(args.recipe, _overrides_from_args(args))
+    if args.folds:
+        return _train_folds(recipe, args)
     run = train(recipe, args.data or [], args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {run.path} (best checkpoint {run.checkpoint('best').name})")
+    return 0
+
+
+def _train_folds(recipe: Any, args: argparse.Namespace) -> int:
+    """Patient-grouped k-fold: one run per fold in ``OUT/fold<f>`` (fold f is the test split; 15% of
+    the other folds' patients validate). Finished folds are kept; an interrupted one resumes."""
+    from chestdx.data.splits import kfold_train_val_test
+    from chestdx.engine.datamodule import load_samples
+    from chestdx.engine.train import train
+
+    samples = load_samples(args.data or [], recipe)
+    folds = [args.fold] if args.fold is not None else list(range(args.folds))
+    for f in folds:
+        out = Path(args.out) / f"fold{f}"
+        if (out / "train.json").is_file():
+            print(f"fold {f}: finished before, kept ({out})")
+            continue
+        resume = (out / "checkpoints" / "last.ckpt").is_file()
+        train(recipe, args.data or [], out, resume=resume, progress=not args.no_progress,
+              samples=None if resume else kfold_train_val_test(samples, args.folds, f, seed=recipe.seed))
+        print(f"fold {f} written to {out}")
     return 0
 
 
@@ -132,11 +155,35 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from chestdx.evaluate.run import evaluate_run, metrics_report_markdown
 
+    folds = sorted(Path(args.run).glob("fold*/recipe.yaml"))
+    if not (Path(args.run) / "recipe.yaml").is_file() and folds:
+        return _evaluate_folds(args, [f.parent for f in folds])
     res = evaluate_run(args.run, args.data, split=args.split, out=args.out, procedure=args.procedure,
                        aggregate=args.aggregate, n_boot=args.n_boot, which=args.checkpoint,
                        scan_aggregate=args.scan_aggregate, segmentation_sources=args.seg_data,
                        progress=not args.no_progress)
     print(metrics_report_markdown(res, f"{Path(args.run).name} on {args.split}"))
+    return 0
+
+
+def _evaluate_folds(args: argparse.Namespace, runs: list[Path]) -> int:
+    """Evaluate every fold run of ``chestdx train --folds`` and write ``cv_summary.md`` (mean +- std
+    over folds, per site)."""
+    from chestdx.evaluate.report import seed_table
+    from chestdx.evaluate.run import evaluate_run
+    from chestdx.utils import write_text
+
+    per_site: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        res = evaluate_run(run, split=args.split, procedure=args.procedure, n_boot=args.n_boot,
+                           which=args.checkpoint, progress=not args.no_progress)
+        for site, block in {**(res.get("sites") or {}), "all sites": res["overall"]}.items():
+            per_site.setdefault(site, []).append(block)
+    table = seed_table({Path(args.run).name: per_site}, metrics=("accuracy", "recall", "specificity", "f1", "auc"),
+                       row_header="Run")
+    text = f"{len(runs)} folds of {args.run}, {args.split} split of each fold, mean +- std over folds.\n\n{table}"
+    write_text(Path(args.run) / "cv_summary.md", text)
+    print(text)
     return 0
 
 
@@ -312,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", nargs="+", help="one folder / CSV / label file per site")
     s.add_argument("--out", required=True, help="run folder")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    s.add_argument("--folds", type=int, help="patient-grouped k-fold: one run per fold in OUT/fold<f>")
+    s.add_argument("--fold", type=int, help="with --folds: train only this fold")
     s.add_argument("--no-progress", action="store_true")
     _add_train_overrides(s)
     s.set_defaults(func=cmd_train)

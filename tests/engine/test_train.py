@@ -119,3 +119,24 @@ def test_atomic_checkpoint_keeps_previous_file_on_failure(tmp_path):
         io.save_checkpoint({"a": Unpicklable()}, p)
     assert torch.load(p, weights_only=False) == {"a": 1}
     assert list(tmp_path.iterdir()) == [p]
+
+
+def test_kfold_train_and_evaluate(phantom_slices, tmp_path, capsys):
+    """`train --folds K` writes one run per patient-grouped fold; `evaluate` on the parent summarises."""
+    from chestdx.engine.run import Run
+
+    out = tmp_path / "cv"
+    assert main(["train", "demo", "--data", str(phantom_slices), "--out", str(out), "--folds", "2",
+                 "--no-progress", *_set(TINY)]) == 0
+    tests = []
+    for f in (0, 1):
+        samples = Run(out / f"fold{f}").samples()
+        test_pids = {s.patient_id for s in samples if s.split == "test"}
+        train_pids = {s.patient_id for s in samples if s.split in ("train", "val")}
+        assert test_pids and not test_pids & train_pids  # patient-grouped
+        tests.append({s.path for s in samples if s.split == "test"})
+    assert not tests[0] & tests[1] and len(tests[0] | tests[1]) == len(Run(out / "fold0").samples())
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--n-boot", "0", "--no-progress"]) == 0
+    summary = (out / "cv_summary.md").read_text()
+    assert "2 folds" in summary and "| cv |" in summary and "Accuracy" in summary
