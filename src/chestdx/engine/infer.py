@@ -21,10 +21,13 @@ from chestdx.models import ChestModel
 
 @dataclass
 class InferenceResult:
-    """``probs (B, K)`` the procedure's answer; ``details`` per-image extras (e.g. voting flips)."""
+    """``probs (B, K)`` the procedure's answer; ``details`` per-image extras (e.g. voting flips);
+    ``output`` the model's plain output on the images where the procedure computed it (lets a caller
+    draw heatmaps without another backbone pass)."""
 
     probs: Tensor
     details: dict[str, Tensor] = field(default_factory=dict)
+    output: Any = None
 
 
 _PROCEDURES: dict[str, Callable[..., InferenceResult]] = {}
@@ -47,7 +50,8 @@ def plain(model: ChestModel, images: Tensor, **_ignored: Any) -> InferenceResult
     """One forward pass, softmax. Parameters of other procedures are ignored (a table may set
     ``inference.params`` for all its rows, voting and plain alike)."""
     with torch.no_grad():
-        return InferenceResult(model(images).probs)
+        out = model(images)
+    return InferenceResult(out.probs, output=out)
 
 
 @register_procedure("cam_voting")
@@ -61,14 +65,15 @@ def cam_voting_procedure(model: ChestModel, images: Tensor, **params: Any) -> In
 
     res = cam_voting(model, images, **params)
     with torch.no_grad():
-        probs = model(images).probs
+        out = model(images)
+    probs = out.probs
     flipped = res.flipped.bool()
     if probs.shape[1] == 2:
         probs = torch.where(flipped[:, None], probs.flip(1), probs)
     else:
         onehot = torch.nn.functional.one_hot(res.label.long(), probs.shape[1]).to(probs)
         probs = torch.where(flipped[:, None], onehot, probs)
-    return InferenceResult(probs, {"flipped": res.flipped, "vote_probs": res.probs})
+    return InferenceResult(probs, {"flipped": res.flipped, "vote_probs": res.probs}, output=out)
 
 
 def run_procedure(name: str, params: dict[str, Any], model: ChestModel, images: Tensor) -> InferenceResult:

@@ -52,7 +52,7 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
         if kind in ("auto", "attention") and "attention" in out.maps:
             from chestdx.explain.localize import attention_heatmap
 
-            return attention_heatmap(model, images), "attention"
+            return attention_heatmap(model, images, out), "attention"
         if kind != "auto":
             raise ConfigError(f"{type(model).__name__} makes no {kind} maps; use kind 'cam' or 'auto'")
     return _unit(cam(model, images, out=out).detach()), "cam"

@@ -23,17 +23,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from chestdx.errors import ConfigError
-from chestdx.models.base import ChestModel
+from chestdx.models.base import ChestModel, ModelOutput
 
 Box = tuple[int, int, int, int]  # (y1, x1, y2, x2), half-open
 
 
-def attention_heatmap(model: ChestModel, images: Tensor) -> Tensor:
+def attention_heatmap(model: ChestModel, images: Tensor, out: ModelOutput | None = None) -> Tensor:
     """The model's mean attention map at input resolution, scaled to [0, 1] per image.
 
     Args:
         model: a model returning ``maps["attention"] (B, h, w)`` (eval mode is the caller's choice).
         images: ``(B, C, H, W)``.
+        out: the model's output on ``images`` when the caller has it (no second forward pass).
 
     Returns:
         ``(B, H, W)`` float32 in [0, 1] (an all-zero map stays zero).
@@ -41,8 +42,9 @@ def attention_heatmap(model: ChestModel, images: Tensor) -> Tensor:
     Raises:
         ConfigError: the model makes no attention map.
     """
-    with torch.no_grad():
-        out = model(images)
+    if out is None:
+        with torch.no_grad():
+            out = model(images)
     att = out.maps.get("attention")
     if att is None:
         raise ConfigError(f"{type(model).__name__} makes no attention map; attention localisation needs "

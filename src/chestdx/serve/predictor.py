@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from chestdx.data.transforms import LoadPreprocess
-from chestdx.engine.infer import InferenceResult, run_procedure
+from chestdx.engine.infer import run_procedure
 from chestdx.errors import ChestdxError, ConfigError
 from chestdx.serve.inputs import Study, load_study
 
@@ -184,18 +184,12 @@ class Predictor:
         if self.recipe.task == "lesion":
             return self._predict_lesions(images, sources, heatmap)
         with self._lock:
-            out = None
-            if self.procedure == "plain":  # one backbone pass serves the answer and the heatmap
-                with torch.no_grad():
-                    out = self.model(images)
-                res = InferenceResult(out.probs)
-            else:
-                res = run_procedure(self.procedure, self.params, self.model, images)
+            res = run_procedure(self.procedure, self.params, self.model, images)
             maps, kind = None, None
-            if heatmap:
+            if heatmap:  # the procedure's own forward pass serves the heatmap too
                 from chestdx.explain.heatmap import heatmap as explain
 
-                hm, kind = explain(self.model, images, self.heatmap_kind, out=out)
+                hm, kind = explain(self.model, images, self.heatmap_kind, out=res.output)
                 maps = hm.cpu().numpy()
         probs = res.probs.float().cpu().numpy()
         out = []
