@@ -354,7 +354,7 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(out)
 
 
-def _image_data_uri(image: Any) -> str:
+def image_data_uri(image: Any) -> str:
     """``data:`` URI of a PNG / JPEG file, of PNG bytes, or of an image array."""
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -422,7 +422,7 @@ def html_report(
         for caption, image in images:
             cap = html.escape(str(caption), quote=True)
             parts.append(
-                f'<figure><img src="{_image_data_uri(image)}" alt="{cap}"><figcaption>{cap}</figcaption></figure>'
+                f'<figure><img src="{image_data_uri(image)}" alt="{cap}"><figcaption>{cap}</figcaption></figure>'
             )
         parts.append("</section>")
     parts += ["</body>", "</html>"]

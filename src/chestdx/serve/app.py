@@ -121,16 +121,12 @@ class Batcher:
 
 
 def _answer_json(answer: Any, heatmap: bool) -> dict[str, Any]:
-    from chestdx.evaluate.plots import overlay_heatmap, png_bytes
+    from chestdx.evaluate.plots import overlay_heatmap
+    from chestdx.evaluate.report import image_data_uri as uri
 
     out = answer.to_json()
     out.pop("meta", None)
     if heatmap:
-        import base64
-
-        def uri(a: Any) -> str:
-            return "data:image/png;base64," + base64.b64encode(png_bytes(a)).decode("ascii")
-
         if getattr(answer, "slices", None) is not None:
             k = list(answer.probs).index(answer.label)
             def score(j: int) -> tuple[float, float]:  # most confident slice; ties (3D models): most heat

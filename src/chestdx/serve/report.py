@@ -9,7 +9,6 @@ anywhere and works offline.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from chestdx.evaluate.plots import overlay_heatmap, png_bytes
-from chestdx.evaluate.report import _CSS, markdown_to_html, write_html
+from chestdx.evaluate.plots import overlay_heatmap
+from chestdx.evaluate.report import _CSS, image_data_uri, markdown_to_html, write_html
 from chestdx.serve.bundle import card_markdown
 
 __all__ = ["study_report", "write_study_report"]
@@ -35,10 +34,6 @@ _EXTRA_CSS = """
 """
 
 
-def _uri(array: Any) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(array)).decode("ascii")
-
-
 def _bars(probs: dict[str, float]) -> str:
     rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{100 * p:.1f}%</td>"
                    f'<td><span class="bar" style="width:{int(200 * p)}px"></span></td></tr>'
@@ -50,8 +45,8 @@ def _image_section(answer: Any) -> str:
     if answer.image is None:
         return "<p>(no heatmap computed)</p>"
     return ('<div class="pair">'
-            f'<figure><img src="{_uri(answer.image)}" alt="input"><figcaption>input (preprocessed)</figcaption></figure>'
-            f'<figure><img src="{_uri(overlay_heatmap(answer.image, answer.heatmap))}" alt="heatmap overlay">'
+            f'<figure><img src="{image_data_uri(answer.image)}" alt="input"><figcaption>input (preprocessed)</figcaption></figure>'
+            f'<figure><img src="{image_data_uri(overlay_heatmap(answer.image, answer.heatmap))}" alt="heatmap overlay">'
             f"<figcaption>heatmap ({html.escape(_kind_name(answer))}) overlay: where the model looked</figcaption>"
             "</figure></div>")
 
@@ -66,8 +61,8 @@ def _browser(answer: Any, class_names: list[str]) -> str:
     weights = answer.slice_weights
     frames, overlays, labels, score = [], [], [], []
     for j, (i, s) in enumerate(zip(answer.slice_indices, answer.slices, strict=True)):
-        frames.append(_uri(s.image) if s.image is not None else "")
-        overlays.append(_uri(overlay_heatmap(s.image, s.heatmap)) if s.heatmap is not None else "")
+        frames.append(image_data_uri(s.image) if s.image is not None else "")
+        overlays.append(image_data_uri(overlay_heatmap(s.image, s.heatmap)) if s.heatmap is not None else "")
         if weights is not None:
             labels.append(f"slice {i}: attention weight {weights[j]:.3f}")
         else:
