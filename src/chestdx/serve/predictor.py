@@ -148,6 +148,10 @@ class Predictor:
         self.lesion_score_threshold = 0.5  # task lesion: detections shown / listed from this score
         self._lock = threading.Lock()  # one forward at a time on a shared model
 
+    def _named(self, probs: np.ndarray) -> tuple[dict[str, float], str]:
+        """``(K,)`` probabilities -> ``({class: p}, the argmax class)``."""
+        return {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, self.class_names[int(probs.argmax())]
+
     @property
     def hu_window(self) -> tuple[float, float] | None:
         w = self.recipe.data.hu_window
@@ -198,9 +202,9 @@ class Predictor:
                                    for k, v in res.details.items()}
             if kind is not None:
                 det["heatmap_kind"] = kind
+            pdict, label = self._named(probs[i])
             out.append(Prediction(
-                source=src, probs={c: float(p) for c, p in zip(self.class_names, probs[i], strict=True)},
-                label=self.class_names[int(probs[i].argmax())],
+                source=src, probs=pdict, label=label,
                 heatmap=None if maps is None else _unit(maps[i]),
                 image=_unit(images[i, 0].cpu().numpy()) if heatmap else None, details=det,
             ))
@@ -227,9 +231,9 @@ class Predictor:
             union = f["masks"].any(0) if len(f["masks"]) else np.zeros(images.shape[-2:], bool)
             if heatmap:
                 det["heatmap_kind"] = "lesion_mask"
+            pdict, label = self._named(probs[i])
             out.append(Prediction(
-                source=src, probs={c: float(p) for c, p in zip(self.class_names, probs[i], strict=True)},
-                label=self.class_names[int(probs[i].argmax())],
+                source=src, probs=pdict, label=label,
                 heatmap=np.asarray(union, dtype=np.float32) if heatmap else None,
                 image=_unit(images[i, 0].cpu().numpy()) if heatmap else None, details=det,
             ))
@@ -280,8 +284,7 @@ class Predictor:
             res = run_procedure(self.procedure, self.params, self.model, x)
             maps = volume_cam(self.model, x)[0].cpu().numpy() if heatmap else None
         probs = res.probs.float().cpu().numpy()[0]
-        pdict = {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}
-        label = self.class_names[int(probs.argmax())]
+        pdict, label = self._named(probs)
         d0, d = study.array.shape[0], vol.shape[0]
         idx = [min(d0 - 1, max(0, int(round((k + 0.5) * d0 / d - 0.5)))) for k in range(d)]
         det: dict[str, Any] = {k: v[0].item() if v[0].numel() == 1 else v[0].tolist() for k, v in res.details.items()}
@@ -316,8 +319,7 @@ class Predictor:
         with self._lock, torch.no_grad():
             out = self.model(x[None].to(self.device))
         probs = out.probs.float().cpu().numpy()[0]
-        pdict = {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}
-        label = self.class_names[int(probs.argmax())]
+        pdict, label = self._named(probs)
         weights = out.maps["sequence_attention"][0].float().cpu().tolist()
         maps = None
         if heatmap and "att1" in out.maps and "att2" in out.maps:
@@ -338,8 +340,8 @@ class Predictor:
 
         p = np.array([[s.probs[c] for c in self.class_names] for s in slices])
         _, pg, _ = aggregate_probs(p, [0] * len(slices), how=aggregate)  # type: ignore[arg-type]
-        return ScanPrediction(source=study.name, probs={c: float(v) for c, v in zip(self.class_names, pg[0], strict=True)},
-                              label=self.class_names[int(pg[0].argmax())], aggregation=aggregate,
+        pdict, label = self._named(pg[0])
+        return ScanPrediction(source=study.name, probs=pdict, label=label, aggregation=aggregate,
                               slice_indices=idx, slices=slices, meta=study.meta)
 
     def predict(self, x: Any, heatmap: bool = True, aggregate: str = "mean",
