@@ -118,11 +118,13 @@ class Run:
             raise RunError(f"{self.path}: samples.csv missing; pass --data to say which images to use")
         return read_samples(p)
 
-    def load_task(self, which: str = "best", map_location: str = "cpu") -> Any:
-        """The trained :class:`~chestdx.engine.task.ChestTask` in eval mode."""
+    def load_task(self, which: str = "best", map_location: str = "cpu", ckpt: dict[str, Any] | None = None) -> Any:
+        """The trained :class:`~chestdx.engine.task.ChestTask` in eval mode (from ``ckpt`` when the
+        caller has already read the checkpoint)."""
         from chestdx.engine.task import ChestTask
 
-        ckpt = torch.load(self.checkpoint(which), map_location=map_location, weights_only=False)
+        if ckpt is None:
+            ckpt = torch.load(self.checkpoint(which), map_location=map_location, weights_only=False)
         hp = ckpt.get("hyper_parameters", {})
         task = ChestTask(self.recipe, hp.get("class_counts"), hp.get("in_chans", 1))
         task.load_state_dict(ckpt["state_dict"])

@@ -94,6 +94,15 @@ def _metrics_summary(run_path: Path) -> dict[str, Any] | None:
             "overall": res.get("overall"), "sites": res.get("sites")}
 
 
+def _run_info(run: Any) -> dict[str, Any]:
+    """What a run says about its model: the fields of ``bundle.json`` that the model card reads."""
+    return {"name": run.recipe.name, "description": run.recipe.description, "task": run.recipe.task,
+            "class_names": run.class_names, "recipe": run.recipe.model_dump(mode="json"),
+            "inference": run.recipe.inference.model_dump(mode="json"),
+            "preprocessing": run.recipe.data.model_dump(mode="json", exclude={"augment"}),
+            "training": {"data": run.data}, "metrics": _metrics_summary(run.path)}
+
+
 def _self_contained(recipe: dict[str, Any]) -> dict[str, Any]:
     """The recipe with nothing outside the bundle: a sequence model's encoder, given as a run folder,
     becomes an inline description (its weights are part of the sequence model's state dict)."""
@@ -137,7 +146,7 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
     ckpt_path = run.checkpoint(which)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     hp = ckpt.get("hyper_parameters", {})
-    task = run.load_task(which)
+    task = run.load_task(which, ckpt=ckpt)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in task.model.state_dict().items()}
     train_info = json.loads((run.path / "train.json").read_text()) if (run.path / "train.json").is_file() else {}
     data = dict(run.data)
@@ -147,17 +156,11 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
         "chestdx_version": __version__,
         "torch_version": torch.__version__,
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "name": run.recipe.name,
-        "description": run.recipe.description,
-        "task": run.recipe.task,
-        "class_names": run.class_names,
+        **_run_info(run),
         "in_chans": int(hp.get("in_chans", 1)),
         "class_counts": hp.get("class_counts"),
-        "preprocessing": run.recipe.data.model_dump(mode="json", exclude={"augment"}),
-        "inference": run.recipe.inference.model_dump(mode="json"),
         "recipe": _self_contained(run.recipe.model_dump(mode="json")),
         "training": {"data": data, "run": train_info, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch")},
-        "metrics": _metrics_summary(run.path),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -305,12 +308,7 @@ def load_any(path: str | Path, which: str = "best") -> tuple[Recipe, Any, list[s
         return b.recipe, b.model, b.class_names, b.card()
     if (p / "recipe.yaml").is_file():
         run = Run(p)
-        info = {"name": run.recipe.name, "description": run.recipe.description, "task": run.recipe.task,
-                "class_names": run.class_names, "recipe": run.recipe.model_dump(mode="json"),
-                "inference": run.recipe.inference.model_dump(mode="json"),
-                "preprocessing": run.recipe.data.model_dump(mode="json", exclude={"augment"}),
-                "training": {"data": run.data}, "metrics": _metrics_summary(run.path)}
-        return run.recipe, run.load_model(which), run.class_names, model_card(info)
+        return run.recipe, run.load_model(which), run.class_names, model_card(_run_info(run))
     if not p.exists():
         raise BundleError(f"{p}: not found (expected a model bundle from `chestdx export` or a run folder)")
     raise RunError(f"{p}: neither a model bundle (bundle.json) nor a run folder (recipe.yaml)")
