@@ -64,6 +64,18 @@ def test_affinity_layer_shapes_and_gradients():
         layer(torch.randn(1, 3, 8, 28, 28))
 
 
+def test_sieve_keeps_the_scale_so_images_stay_apart():
+    """3 sieve stages must not shrink the lesion features to a constant (the old default init did:
+    the vectors of different images differed by ~1e-4 of their size and L_CLS never left the prior)."""
+    torch.manual_seed(0)
+    layer = AffinityLayer(channels=64, roi_batch=8, affinities=64, sieve_stages=3)
+    masks = torch.relu(torch.randn(6, 8, 64, 28, 28) + torch.randn(6, 1, 64, 1, 1))  # 6 images, own offsets
+    with torch.no_grad():
+        x1 = layer.vectorise(masks)
+    ratio = float(x1.std(0).mean() / x1.abs().mean())
+    assert x1.abs().mean() > 0.05 and ratio > 0.1, (float(x1.abs().mean()), ratio)
+
+
 @pytest.mark.parametrize("c_prime", [32, 512])
 def test_affinity_sizes_configurable(c_prime):
     layer = AffinityLayer(channels=256, roi_batch=8, affinities=c_prime, sieve_stages=0)
