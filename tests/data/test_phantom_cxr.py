@@ -24,6 +24,22 @@ def test_projection_by_hand():
     assert proj[0, 1] == 0.0 and les.tolist() == [[0, 0], [0, 1]]
 
 
+def test_lesion_gain_counts_only_the_lesions_excess_over_lung():
+    vol = np.full((1, 4, 2), -800.0, np.float32)  # lung, mu = 0.2 water
+    vol[0, 1:3, 1] = -500.0  # a lesion 2 voxels deep at 0.5 water
+    vol[0, 0, 0] = -500.0  # the same density outside the mask: a confounder, not amplified
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[0, 1:3, 1] = 1
+    plain, _ = project_volume(vol, mask, dy_mm=1.0)
+    gained, les = project_volume(vol, mask, dy_mm=1.0, lesion_gain=3.0, background_hu=-800.0)
+    mu = MU_WATER_PER_MM
+    assert plain[0, 1] == pytest.approx(mu * (0.2 * 2 + 0.5 * 2))
+    assert gained[0, 1] == pytest.approx(mu * (0.2 * 2 + 0.5 * 2 + 2 * 2 * 0.3))  # +(3 - 1) x excess 0.3, 2 voxels
+    assert gained[0, 0] == pytest.approx(plain[0, 0]) == pytest.approx(mu * (0.5 + 0.2 * 3))
+    with pytest.raises(ConfigError, match="lesion_gain"):
+        project_volume(vol, mask, dy_mm=1.0, lesion_gain=0.5)
+
+
 def test_tiny_cxr_set(tmp_path):
     manifest = synthesize_cxr(tmp_path, n_patients_per_class=2, size=32, seed=0)
     rows = list(csv.DictReader(open(manifest)))

@@ -10,6 +10,12 @@ along the antero-posterior axis, as a frontal radiograph is formed:
 - the image rows run cranio-caudal (inlet at the top) and the columns from the patient's right to
   left (patient right on the image left, the radiological convention); the 300 mm craniocaudal
   extent is centred vertically in the 340 mm square field;
+- lesions are made as conspicuous as on clinical radiographs: inside the 3D lesion mask the
+  attenuation above the patient's normal lung (``mu - mu(lung_hu)``) is counted ``lesion_gain``
+  times (default 3). Without it the phantom, whose lesions are sized to one CT-slice opacity budget
+  shared by every class, projects to radiographs no model learned (measured: 30.6% / 33.3% test
+  accuracy for 3 classes at 64 / 128 px); the non-lesion confounders (dependent atelectasis and
+  ground-glass band, fissures, vessels) keep their plain attenuation, so normals still carry them;
 - the lesion mask is projected too: a pixel is lesion where any voxel on its ray is (an
   "en-face" footprint of the 3D lesions, what a reader outlines on a radiograph);
 - each site (:class:`~chestdx.data.phantom.SiteProfile`) and image adds its own zoom, shift and
@@ -50,21 +56,38 @@ from chestdx.errors import ConfigError
 MU_WATER_PER_MM = 0.02
 
 
-def project_volume(volume_hu: np.ndarray, mask: np.ndarray, dy_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _mu(hu: np.ndarray | float) -> np.ndarray:
+    """Linear attenuation per mm of Hounsfield units (air 0, water ``MU_WATER_PER_MM``)."""
+    return MU_WATER_PER_MM * np.clip(1.0 + np.asarray(hu, dtype=np.float32) / 1000.0, 0.0, None)
+
+
+def project_volume(volume_hu: np.ndarray, mask: np.ndarray, dy_mm: float, *, lesion_gain: float = 1.0,
+                   background_hu: float = -850.0) -> tuple[np.ndarray, np.ndarray]:
     """Antero-posterior projection of a volume ``(D, H, W)`` (y = axis 1) and of its lesion mask.
+
+    ``L(z, x) = dy * sum_y [mu + (lesion_gain - 1) * mask * max(mu - mu(background_hu), 0)]``: with
+    ``lesion_gain = 1`` the plain line integral; above 1 the lesions' excess attenuation over normal
+    lung counts more (see the module docstring).
 
     Returns:
         line integrals of attenuation ``(D, W)`` float32 and the projected mask ``(D, W)`` uint8.
+
+    Raises:
+        ConfigError: shapes differ or are not 3D, or ``lesion_gain < 1``.
     """
     if volume_hu.ndim != 3 or mask.shape != volume_hu.shape:
         raise ConfigError(f"volume and mask must both be (D, H, W); got {volume_hu.shape} and {mask.shape}")
-    mu = MU_WATER_PER_MM * np.clip(1.0 + volume_hu.astype(np.float32) / 1000.0, 0.0, None)
+    if not lesion_gain >= 1.0:
+        raise ConfigError(f"lesion_gain must be >= 1, got {lesion_gain}")
+    mu = _mu(volume_hu)
+    if lesion_gain != 1.0:
+        mu = mu + (lesion_gain - 1.0) * (mask > 0) * np.clip(mu - _mu(background_hu), 0.0, None)
     proj = np.asarray(mu.sum(axis=1) * dy_mm, dtype=np.float32)
     return proj, np.asarray(mask.any(axis=1), dtype=np.uint8)
 
 
 def render_cxr(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, size: int = 128,
-               vol_hw: int = 96) -> tuple[np.ndarray, np.ndarray]:
+               vol_hw: int = 96, lesion_gain: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """Render one frontal chest X-ray of a phantom patient.
 
     Args:
@@ -74,13 +97,16 @@ def render_cxr(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, si
         size: output side in pixels.
         vol_hw: in-plane voxels of the rendered volume (the craniocaudal count follows at the same
             spacing).
+        lesion_gain: how many times the lesions' excess attenuation over the patient's normal lung
+            counts (1 = plain projection; see the module docstring).
 
     Returns:
         ``(image, mask)``: float32 ``(size, size)`` in [0, 1] and uint8 ``(size, size)`` in {0, 1}.
     """
     d = max(8, int(round(vol_hw * Z_EXTENT_MM / FOV_MM)))
     vol, mask, _meta = ph.render((d, vol_hw, vol_hw), (0.0, 1.0))
-    proj, les = project_volume(vol, mask, FOV_MM / vol_hw)
+    proj, les = project_volume(vol, mask, FOV_MM / vol_hw, lesion_gain=lesion_gain,
+                               background_hu=float(ph.anatomy["lung_hu"]))
     top = (vol_hw - d) // 2
     full = np.zeros((vol_hw, vol_hw), np.float32)
     full_m = np.zeros((vol_hw, vol_hw), np.float32)
@@ -128,6 +154,7 @@ def synthesize_cxr(
     sites: int | Sequence[SiteProfile] = 1,
     size: int = 128,
     seed: int = 0,
+    lesion_gain: float = 3.0,
 ) -> Path:
     """Write a labelled chest X-ray data set made from the phantom.
 
@@ -146,6 +173,7 @@ def synthesize_cxr(
         sites: number of :func:`~chestdx.data.phantom.default_sites` or explicit profiles.
         size: image side in pixels.
         seed: master seed.
+        lesion_gain: lesion conspicuity (:func:`render_cxr`).
 
     Returns:
         Path of the manifest (written atomically, last).
@@ -165,7 +193,7 @@ def synthesize_cxr(
         prng = pt.rng(seed)
         ph = sample_patient(prng, pt.finding)
         for k in range(images_per_patient):
-            img, msk = render_cxr(ph, pt.site, prng, size, vol_hw)
+            img, msk = render_cxr(ph, pt.site, prng, size, vol_hw, lesion_gain)
             rows.append({**write_slice_pair(out, f"{pt.pid}_{k:02d}.png", img, msk), "label": pt.label,
                          "class": pt.class_name, "patient_id": pt.pid, "site": pt.site.name, "split": pt.split})
     return write_manifest(out / "manifest.csv", rows, MANIFEST_COLUMNS)
