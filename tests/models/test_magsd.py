@@ -63,6 +63,23 @@ def test_multiscale_attention_is_the_residual_sum():
     assert torch.allclose(out.maps["attention"], expected.mean(1), atol=1e-5)
 
 
+def test_feature_norms_scale_the_pooled_matrix():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 64, 64)
+    models = {}
+    for norm in ("none", "sqrt_m", "sqrt_l2"):
+        torch.manual_seed(1)
+        models[norm] = MANet(2, backbone="resnet18", num_maps=16, feature_norm=norm).eval()
+    with torch.no_grad():
+        emb = {k: m(x).embedding for k, m in models.items()}
+    assert torch.allclose(emb["sqrt_m"], emb["none"] / 4.0)  # / sqrt(16)
+    assert torch.allclose(emb["sqrt_l2"].norm(dim=1), torch.full((2,), 100.0))
+    gap = MANet(2, backbone="resnet18", num_maps=16, pooling="gap").eval()
+    with torch.no_grad():
+        f3 = gap.split_features(gap.forward_features(x))[0]
+        assert torch.allclose(gap(x).embedding, f3.mean(dim=(-2, -1)))  # GAP is never scaled
+
+
 def test_bad_parameters():
     with pytest.raises(ConfigError):
         MANet(2, backbone="resnet18", scales=4)
