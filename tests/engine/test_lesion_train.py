@@ -66,3 +66,16 @@ def test_one_shot_training_on_phantom(phantom_slices, tmp_path):
     rec = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
     assert set(rec["probs"]) == {"normal", "pneumonia", "covid"} and isinstance(rec["lesions"], list)
     assert (tmp_path / "ov" / f"{stem}_lesions.png").is_file() and (tmp_path / "ov" / f"{stem}_boxes.png").is_file()
+
+    # the model bundle answers the same, and --lesion-threshold decides which detections are listed
+    assert main(["export", str(run.path), "--out", str(tmp_path / "bundle")]) == 0
+    counts = {}
+    for thr in ("0", "1"):
+        out = tmp_path / f"b{thr}.jsonl"
+        assert main(["predict", str(tmp_path / "bundle"), image, "--lesion-threshold", thr, "--out", str(out)]) == 0
+        got = json.loads(out.read_text().splitlines()[0])
+        assert got["probs"] == pytest.approx(rec["probs"], abs=1e-5)
+        counts[thr] = len(got["lesions"])
+        assert all(les["score"] >= float(thr) for les in got["lesions"])
+    assert counts["0"] >= len(rec["lesions"]) >= counts["1"]
+    assert main(["predict", str(tmp_path / "bundle"), image, "--lesion-threshold", "2"]) == 2
