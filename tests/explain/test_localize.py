@@ -53,3 +53,29 @@ def test_attention_heatmap_and_iou_on_a_model():
     plain = build_model(ModelConfig(backbone="resnet18", head_hidden=8), 2)
     with pytest.raises(ConfigError, match="attention"):
         attention_heatmap(plain, x)
+
+
+def test_evaluation_localisation_scores_mean_attention_masks_and_boxes():
+    """`chestdx evaluate`'s localisation (explain.attention_masks.localisation_iou) on a MAG-SD-style
+    output: mask = mean attention above half its maximum; box IoU from the enclosing rectangles."""
+    from chestdx.explain.attention_masks import localisation_iou
+    from chestdx.models.base import ModelOutput
+
+    att = torch.zeros(1, 4, 4)
+    att[0, 0, 0:2] = 1.0  # predicted: 2 pixels in the top row
+    att[0, 2, 1] = 0.4  # below half the peak: not in the mask
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return ModelOutput(logits=torch.zeros(len(x), 2), maps={"attention": att.expand(len(x), 4, 4)})
+
+    lesion = torch.zeros(2, 1, 4, 4)
+    lesion[0, 0, 0, 1:3] = 1  # overlaps 1 of 3 union pixels; boxes (0,1)-(1,3) vs (0,0)-(1,2): 1 of 3
+    lesion[1, 0, 1:3, 0:2] = 1  # no overlap
+    batch = {"image": torch.zeros(2, 1, 4, 4), "lesion": lesion, "has_mask": torch.ones(2),
+             "index": torch.tensor([0, 1])}
+    res = localisation_iou(Fixed(), [batch], overlays_dir=None)
+    assert res["n_images"] == 2 and "half its maximum" in res["method"]
+    assert [r["iou"] for r in res["per_image"]] == pytest.approx([1 / 3, 0.0])
+    assert [r["box_iou"] for r in res["per_image"]] == pytest.approx([1 / 3, 0.0])
+    assert res["iou_mean"] == pytest.approx(1 / 6) and res["dice_mean"] == pytest.approx(0.25)

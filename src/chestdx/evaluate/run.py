@@ -84,8 +84,10 @@ def metrics_report_markdown(result: dict[str, Any], title: str) -> str:
     loc = result.get("localisation")
     if loc and loc.get("n_images"):
         parts.append(f"### {title}: attention-mask localisation\n\n"
-                     f"IoU of the Otsu attention masks with the lesion masks, {loc['n_images']} images with a lesion: "
-                     f"mean {loc['iou_mean']:.3f}, median {loc['iou_median']:.3f} (Dice mean {loc['dice_mean']:.3f})")
+                     f"IoU of the attention masks ({loc.get('method', 'Otsu')}) with the lesion masks, "
+                     f"{loc['n_images']} images with a lesion: mean {loc['iou_mean']:.3f}, median "
+                     f"{loc['iou_median']:.3f} (Dice mean {loc['dice_mean']:.3f}); IoU of the enclosing boxes "
+                     f"mean {loc.get('box_iou_mean', float('nan')):.3f}")
     if "segmentation" in result or "lesion_classification" in result:
         from chestdx.evaluate.lesion import lesion_markdown
 

@@ -117,23 +117,31 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
     """Localisation IoU of the attention masks against the ground-truth lesion masks.
 
     For every image whose dataset item has a non-empty ``lesion`` mask (``has_mask`` and at least one
-    lesion pixel), the Otsu mask of the combined attention map is compared with it. Images without
-    a ground-truth lesion (normals, unannotated images) are left out, since IoU is undefined there.
+    lesion pixel), the model's attention mask is compared with it, as a mask (IoU, Dice) and as the
+    rectangles enclosing both (box IoU, the MAG-SD paper's box-labelled cases). Images without a
+    ground-truth lesion (normals, unannotated images) are left out, since IoU is undefined there.
+    The attention mask is the Otsu mask of ``sqrt(att1 * att2)`` for ResNet50-ATT2 (maps ``att1`` /
+    ``att2``) and the mean attention map above half its maximum for MAG-SD (map ``attention``,
+    :mod:`chestdx.explain.localize`).
 
     Args:
-        model: a model whose output maps hold ``att1`` / ``att2`` (e.g. ResNet50-ATT2).
+        model: a model whose output maps hold ``att1`` / ``att2`` or ``attention``.
         loader: batches of ``image (B, 1, H, W)``, ``lesion (B, 1, H, W)``, ``has_mask (B,)``, ``index (B,)``.
         overlays_dir: where to write overlay PNGs of the first ``max_overlays`` scored images.
 
     Returns:
-        ``{"iou_mean", "iou_median", "dice_mean", "n_images", "per_image": [{"index", "iou", "dice"}]}``;
-        ``n_images`` 0 (and NaN figures) when no image has a lesion mask or the model gives no attention.
+        ``{"iou_mean", "iou_median", "dice_mean", "box_iou_mean", "method", "n_images",
+        "per_image": [{"index", "iou", "dice", "box_iou"}]}``; ``n_images`` 0 (and NaN figures) when
+        no image has a lesion mask or the model gives no attention.
     """
+    from chestdx.explain.localize import attention_heatmap, box_mask, mask_box
+
     from chestdx.evaluate.plots import save_png
 
     model.eval()
     rows: list[dict[str, float]] = []
     written = 0
+    method = ""
     for batch in loader:
         keep = batch["has_mask"].bool() & (batch["lesion"].flatten(1).sum(1) > 0)
         if not keep.any():
@@ -141,15 +149,24 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
         images = batch["image"][keep]
         with torch.no_grad():
             out = model(images)
-        if not has_attention_maps(out.maps):
+        if has_attention_maps(out.maps):
+            heat, masks = attention_masks(out.maps, images.shape[-2:])
+            method = "Otsu mask of sqrt(att1 * att2)"
+        elif "attention" in out.maps:
+            heat = attention_heatmap(model, images, out).cpu().numpy()
+            masks = heat > 0.5
+            method = "mean attention map above half its maximum"
+        else:
             break
-        heat, masks = attention_masks(out.maps, images.shape[-2:])
         truth = batch["lesion"][keep][:, 0].numpy() > 0.5
+        shape = (int(truth.shape[-2]), int(truth.shape[-1]))
         for j, idx in enumerate(batch["index"][keep].tolist()):
             iou = mask_iou(masks[j], truth[j])
             inter = float((masks[j] & truth[j]).sum())
             dice = 2 * inter / max(float(masks[j].sum() + truth[j].sum()), 1.0)
-            rows.append({"index": int(idx), "iou": iou, "dice": dice})
+            boxes = [box_mask(mask_box(torch.from_numpy(np.ascontiguousarray(m))), shape).numpy()
+                     for m in (masks[j], truth[j])]
+            rows.append({"index": int(idx), "iou": iou, "dice": dice, "box_iou": mask_iou(*boxes)})
             if overlays_dir is not None and written < max_overlays:
                 img = images[j, 0].numpy()
                 panel = np.concatenate([mask_overlay(img, heat[j], masks[j]),
@@ -162,6 +179,8 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
         "iou_mean": float(np.nanmean(ious)) if len(ious) else float("nan"),
         "iou_median": float(np.nanmedian(ious)) if len(ious) else float("nan"),
         "dice_mean": float(dices.mean()) if len(dices) else float("nan"),
+        "box_iou_mean": float(np.nanmean([r["box_iou"] for r in rows])) if rows else float("nan"),
+        "method": method if rows else "",
         "n_images": len(rows),
         "per_image": rows,
     }
