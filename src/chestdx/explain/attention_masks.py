@@ -134,9 +134,8 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
         "per_image": [{"index", "iou", "dice", "box_iou"}]}``; ``n_images`` 0 (and NaN figures) when
         no image has a lesion mask or the model gives no attention.
     """
-    from chestdx.explain.localize import attention_heatmap, box_mask, mask_box
-
     from chestdx.evaluate.plots import save_png
+    from chestdx.explain.localize import attention_heatmap, box_mask, mask_box
 
     model.eval()
     rows: list[dict[str, float]] = []
