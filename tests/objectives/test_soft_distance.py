@@ -74,3 +74,19 @@ def test_bad_parameters():
         build_objective("soft_distance", {"threshold": 2.0}, num_classes=2)
     with pytest.raises(ValueError):
         soft_distance(PRIMARY, torch.zeros(3, 2), LABELS)
+
+
+def test_class_weights_weight_only_the_cross_entropy():
+    # weights (1, 3): CE = (1 * -log 0.9 + 3 * -log 0.5) / (1 + 3); the distance term is unchanged
+    ce_w = (-math.log(0.9) + 3 * -math.log(0.5)) / 4
+    _, ce, d = soft_distance(PRIMARY, VIEW, LABELS, return_parts=True, class_weight=torch.tensor([1.0, 3.0]))
+    assert ce.item() == pytest.approx(ce_w, abs=1e-6) and d.item() == pytest.approx(0.575, abs=1e-6)
+    # "balanced" from class counts (30, 10): inverse frequency, the same 1 : 3 ratio
+    term = build_objective("soft_distance", {"class_weights": "balanced"}, num_classes=2, class_counts=[30, 10])
+    batch = {"target": torch.nn.functional.one_hot(LABELS.repeat(2), 2).float(), "num_views": torch.tensor(2)}
+    out = ModelOutput(logits=torch.cat([PRIMARY, VIEW]))
+    assert term(None, out, batch).item() == pytest.approx(ce_w + 0.575, abs=1e-6)
+    with pytest.raises(ConfigError, match="class counts"):
+        build_objective("soft_distance", {"class_weights": "balanced"}, num_classes=2)
+    with pytest.raises(ConfigError, match="3 values"):
+        build_objective("soft_distance", {"class_weights": [1, 2, 3]}, num_classes=2)

@@ -84,6 +84,28 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = N
     return per.sum() / (target * w).sum().clamp(min=1e-12)
 
 
+def resolve_class_weights(num_classes: int, class_counts: Sequence[int] | None,
+                          class_weights: str | Sequence[float] | None) -> Tensor | None:
+    """A recipe's ``class_weights`` as a ``(K,)`` tensor: ``None`` -> None (unweighted),
+    ``"balanced"`` -> inverse class frequency of the training set, a list -> those K weights.
+
+    Raises:
+        ConfigError: ``balanced`` without class counts, or a list of the wrong length.
+    """
+    if class_weights is None:
+        return None
+    if class_weights == "balanced":
+        if class_counts is None:
+            raise ConfigError("class_weights: balanced needs the training set's class counts")
+        return inverse_frequency_weights(class_counts)
+    if isinstance(class_weights, str):
+        raise ConfigError(f"class_weights must be balanced or a list of {num_classes} numbers, got {class_weights!r}")
+    w = torch.as_tensor(list(class_weights), dtype=torch.float32)
+    if len(w) != num_classes:
+        raise ConfigError(f"class_weights has {len(w)} values for {num_classes} classes")
+    return w
+
+
 class CrossEntropy(nn.Module):
     """Cross-entropy on logits against ``batch["target"]`` (soft labels from mixing are honoured).
 
@@ -96,15 +118,7 @@ class CrossEntropy(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
-        w: Tensor | None = None
-        if class_weights == "balanced":
-            if class_counts is None:
-                raise ConfigError("class_weights: balanced needs the training set's class counts")
-            w = inverse_frequency_weights(class_counts)
-        elif class_weights is not None:
-            w = torch.as_tensor(list(class_weights), dtype=torch.float32)
-            if len(w) != num_classes:
-                raise ConfigError(f"class_weights has {len(w)} values for {num_classes} classes")
+        w = resolve_class_weights(num_classes, class_counts, class_weights)
         self.register_buffer("weight", w if w is not None else torch.ones(0), persistent=False)
         self._weighted = w is not None
 

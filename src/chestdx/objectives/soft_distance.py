@@ -28,6 +28,10 @@ The **L2 alternative** (Table 8: "L2 compared all predictions directly with grou
 threshold (``torch.nn.MSELoss``, which the reference also sets up).
 
 All inputs are logits; the softmaxes are taken here.
+
+``class_weights`` (not in the paper) weights the cross-entropy term by class, as the ``ce``
+objective does (``balanced`` = inverse class frequency of the training set), for imbalanced sets
+such as the ieee8023 subset (132 / 47 / 19 images); the distance term is left unweighted.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.objectives import register_objective, soft_cross_entropy
+from chestdx.objectives import register_objective, resolve_class_weights, soft_cross_entropy
 
 
 def _ground_truth(target: Tensor, b: int, k: int, smoothing: float) -> tuple[Tensor, Tensor]:
@@ -58,7 +62,8 @@ def _ground_truth(target: Tensor, b: int, k: int, smoothing: float) -> tuple[Ten
 
 
 def soft_distance(primary_logits: Tensor, aux_logits: Tensor, target: Tensor, threshold: float = 0.7,
-                  distance: str = "soft", smoothing: float = 0.0, return_parts: bool = False) -> Any:
+                  distance: str = "soft", smoothing: float = 0.0, return_parts: bool = False,
+                  class_weight: Tensor | None = None) -> Any:
     """MAG-SD's loss (Algorithm 1): CE on the primary logits plus the mean soft distance of the views.
 
     Args:
@@ -71,6 +76,8 @@ def soft_distance(primary_logits: Tensor, aux_logits: Tensor, target: Tensor, th
         smoothing: off-target value of the ground-truth reference (0 = one-hot, the paper; 0.01 =
             the reference code).
         return_parts: also return ``(ce, distance)``.
+        class_weight: ``(K,)`` weights of the cross-entropy term (weighted mean over the images);
+            None = unweighted, the paper.
 
     Returns:
         scalar loss (and the two parts when ``return_parts``).
@@ -88,7 +95,7 @@ def soft_distance(primary_logits: Tensor, aux_logits: Tensor, target: Tensor, th
     if aux_logits.ndim != 3 or tuple(aux_logits.shape[1:]) != (b, k):
         raise ValueError(f"soft_distance: aux_logits must be (V, B, K) = (V, {b}, {k}), got {tuple(aux_logits.shape)}")
     y, g = _ground_truth(target.to(primary_logits.device), b, k, smoothing)
-    ce = soft_cross_entropy(primary_logits, g if target.ndim == 2 else F.one_hot(y, k).float())
+    ce = soft_cross_entropy(primary_logits, g if target.ndim == 2 else F.one_hot(y, k).float(), class_weight)
     if aux_logits.shape[0] == 0:
         d = primary_logits.new_zeros(())
     else:
@@ -118,10 +125,12 @@ class SoftDistance(nn.Module):
         threshold: theta (0.7).
         distance: ``soft`` or ``l2``.
         smoothing: see :func:`soft_distance`.
+        class_weights: ``None`` (the paper), ``balanced`` or K numbers, for the cross-entropy term.
     """
 
     def __init__(self, num_classes: int, class_counts: Sequence[int] | None = None, threshold: float = 0.7,
-                 distance: str = "soft", smoothing: float = 0.0):
+                 distance: str = "soft", smoothing: float = 0.0,
+                 class_weights: str | Sequence[float] | None = None):
         super().__init__()
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"soft_distance: threshold must lie in [0, 1], got {threshold}")
@@ -131,6 +140,9 @@ class SoftDistance(nn.Module):
             raise ConfigError(f"soft_distance: smoothing must lie in [0, 1/K), got {smoothing}")
         self.num_classes = num_classes
         self.threshold, self.distance, self.smoothing = float(threshold), distance, float(smoothing)
+        w = resolve_class_weights(num_classes, class_counts, class_weights)
+        self.register_buffer("weight", w if w is not None else torch.ones(0), persistent=False)
+        self._weighted = w is not None
 
     def forward(self, model: nn.Module, out: Any, batch: dict[str, Tensor]) -> Tensor:
         logits = out.logits
@@ -140,8 +152,9 @@ class SoftDistance(nn.Module):
             raise ValueError(f"soft_distance: {total} logits do not split into {n} views")
         b = total // n
         aux = logits[b:].reshape(n - 1, b, logits.shape[1])
+        weight: Tensor | None = self.weight if self._weighted else None  # type: ignore[assignment]
         return soft_distance(logits[:b], aux, batch["target"][:b], self.threshold, self.distance,  # type: ignore[no-any-return]
-                             self.smoothing)
+                             self.smoothing, class_weight=weight)
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, distance={self.distance}"
