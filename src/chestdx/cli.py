@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chestdx import __version__
-from chestdx.errors import ChestdxError, ConfigError
+from chestdx.errors import ChestdxError
 
 
 def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,11 +194,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from chestdx.serve.predictor import Predictor
     from chestdx.utils import atomic_open, to_json
 
-    predictor = Predictor(args.model, which=args.checkpoint, procedure=args.procedure)
-    if args.lesion_threshold is not None:
-        if not 0.0 <= args.lesion_threshold <= 1.0:
-            raise ConfigError(f"--lesion-threshold must be in [0, 1], got {args.lesion_threshold}")
-        predictor.lesion_score_threshold = args.lesion_threshold
+    predictor = Predictor(args.model, which=args.checkpoint, procedure=args.procedure,
+                          lesion_score_threshold=args.lesion_threshold)
     inputs = expand_inputs(args.inputs, scan_folders=args.scan_folders)
     errors: list[tuple[str, str]] = []
     lines = []
@@ -394,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attention", metavar="DIR",
                    help="write the mean attention map overlay per image into DIR (attention models: magsd)")
     s.add_argument("--out", help="write JSON lines here instead of stdout")
-    s.add_argument("--lesion-threshold", type=float,
+    s.add_argument("--lesion-threshold", type=float, default=0.5,
                    help="lesion models: list and draw detections scoring at least this (default 0.5)")
     s.add_argument("--aggregate", default="mean", choices=["mean", "majority", "max"],
                    help="how slice answers make a scan's answer")

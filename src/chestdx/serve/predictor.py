@@ -108,10 +108,12 @@ class Predictor:
         procedure: inference procedure; default the recipe's (e.g. ``cam_voting`` for the full
             cam-snapmix method).
         device: ``cpu`` or ``cuda``.
+        lesion_score_threshold: lesion models: detections scoring at least this are listed and
+            drawn (in [0, 1]; default 0.5).
     """
 
     def __init__(self, model_path: str | Path, which: str = "best", procedure: str | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", lesion_score_threshold: float = 0.5):
         from chestdx.engine.run import Run
         from chestdx.serve.bundle import load_any
 
@@ -120,6 +122,9 @@ class Predictor:
         recipe, model, class_names, card = load_any(model_path, which)
         self._setup(recipe, model, class_names, card, procedure, device)
         self.path = Path(model_path)
+        if not 0.0 <= lesion_score_threshold <= 1.0:
+            raise ConfigError(f"lesion score threshold must be in [0, 1], got {lesion_score_threshold}")
+        self.lesion_score_threshold = float(lesion_score_threshold)
 
     @classmethod
     def from_model(cls, recipe: Any, model: Any, card: dict[str, Any] | None = None,
