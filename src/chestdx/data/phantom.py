@@ -1305,6 +1305,14 @@ def check_phantom_args(num_classes: int, *ints: tuple[str, Any, int]) -> None:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
+def make_out_dirs(out_dir: str | Path, *subdirs: str) -> Path:
+    """Create ``out_dir`` and its ``subdirs`` (e.g. ``images``, ``masks``); returns ``out_dir`` as a Path."""
+    out = Path(out_dir)
+    for sub in subdirs:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def check_sites(sites: int | Sequence[SiteProfile]) -> list[SiteProfile]:
     """The site list of a ``sites`` argument (a count or profiles).
 
@@ -1420,9 +1428,7 @@ def synthesize_slices(
     check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1),
                        ("slices_per_patient", slices_per_patient, 1), ("size", size, 16))
     site_list = check_sites(sites)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    out = make_out_dirs(out_dir, "images", "masks")
     vol_hw = max(96, min(2 * size, 256)) if size < 128 else size
     rows: list[dict[str, Any]] = []
     for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 1_000_003, "p"):

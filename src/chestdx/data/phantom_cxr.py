@@ -46,6 +46,7 @@ from chestdx.data.phantom import (
     SiteProfile,
     check_phantom_args,
     check_sites,
+    make_out_dirs,
     plan_patients,
     sample_patient,
     write_manifest,
@@ -184,9 +185,7 @@ def synthesize_cxr(
     check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1),
                        ("images_per_patient", images_per_patient, 1), ("size", size, 16))
     site_list = check_sites(sites)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    out = make_out_dirs(out_dir, "images", "masks")
     vol_hw = 96 if size <= 128 else 128
     rows: list[dict[str, Any]] = []
     for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 1_000_003, "x"):

@@ -32,6 +32,7 @@ from chestdx.data.phantom import (
     SiteProfile,
     check_phantom_args,
     check_sites,
+    make_out_dirs,
     plan_patients,
     render_ct_slice,
     sample_patient,
@@ -109,9 +110,7 @@ def synthesize_sequences(
     if not 0.0 < span <= 0.87:
         raise ConfigError(f"span must lie in (0, 0.87], got {span}")
     site_list = check_sites(sites)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    out = make_out_dirs(out_dir, "images", "masks")
     vol_hw = max(96, min(2 * size, 256)) if size < 128 else size
     rows: list[dict[str, Any]] = []
     for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 3_000_017, "p", 4_000_037):

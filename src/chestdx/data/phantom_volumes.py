@@ -28,6 +28,7 @@ from chestdx.data.phantom import (
     SiteProfile,
     check_phantom_args,
     check_sites,
+    make_out_dirs,
     plan_patients,
     sample_patient,
     write_manifest,
@@ -110,9 +111,7 @@ def synthesize_volumes(
     if len(shape) != 3 or min(shape) < 4:
         raise ConfigError(f"shape must be (D, H, W) with every side >= 4, got {shape}")
     site_list = check_sites(sites)
-    out = Path(out_dir)
-    (out / "volumes").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    out = make_out_dirs(out_dir, "volumes", "masks")
     rows: list[dict[str, Any]] = []
     for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 6_000_011, "v", 7_000_003):
         prng = pt.rng(seed, 9)
