@@ -31,6 +31,15 @@ def unwrap_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def read_item(inner: Any, i: int) -> Any:
+    """``inner[i]`` of a MONAI dataset, raising the :class:`ChestdxError` it wraps (bad file, shape,
+    NaN ...) rather than MONAI's transform error."""
+    try:
+        return inner[i]
+    except Exception as e:  # noqa: BLE001
+        raise unwrap_error(e) from None
+
+
 class _Finalize:
     """Add label / site / index tensors and drop string fields the collate does not need."""
 
@@ -84,8 +93,4 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        try:
-            item = self.inner[i]
-        except Exception as e:  # noqa: BLE001
-            raise unwrap_error(e) from None
-        return self.finalize(item)
+        return self.finalize(read_item(self.inner, i))

@@ -168,12 +168,9 @@ class VolumeDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from chestdx.data.datasets import unwrap_error
+        from chestdx.data.datasets import read_item
 
-        try:
-            item = self.inner[i]
-        except Exception as e:  # noqa: BLE001
-            raise unwrap_error(e) from None
+        item = read_item(self.inner, i)
         s = self.samples[i]
         return {
             "image": torch.as_tensor(item["image"]).float(),
