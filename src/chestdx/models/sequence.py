@@ -199,12 +199,13 @@ def load_encoder(spec: str, in_chans: int = 1) -> tuple[ChestModel, Any]:
     from chestdx.config import validate_recipe
     from chestdx.models import build_model
 
+    from chestdx.engine.safe_load import read_checkpoint
+
     path = _checkpoint_of(spec)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the user's to fix
-        raise WeightsNotFoundError(f"{path}: cannot read checkpoint ({e})") from None
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint(path)  # weights_only: a pickle that would run code is refused
+    hp = ckpt.get("hyper_parameters", {})
+    if not isinstance(hp, dict):
+        raise ConfigError(f"{path}: not a chestdx training checkpoint (hyper_parameters is not a dict)")
     if "recipe" not in hp or "state_dict" not in ckpt:
         raise ConfigError(f"{path}: not a chestdx training checkpoint (no recipe / state_dict)")
     recipe = validate_recipe(hp["recipe"], str(path))

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from chestdx.config import Recipe, validate_recipe
+from chestdx.engine.safe_load import read_checkpoint
 from chestdx.errors import ChestdxError, RunError
 from chestdx.utils import write_json, write_text
 
@@ -144,7 +145,7 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
     if out.exists() and not overwrite:
         raise BundleError(f"{out}: already exists; choose another --out or pass --overwrite")
     ckpt_path = run.checkpoint(which)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters", {})
     task = run.load_task(which, ckpt=ckpt)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in task.model.state_dict().items()}
@@ -177,12 +178,77 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
     return out
 
 
+#: Largest ``bundle.json`` read (bytes); a real one is a few KB.
+MAX_BUNDLE_JSON_BYTES = 4 * 1024 * 1024
+
+
+def _read_bundle_info(path: Path) -> dict[str, Any]:
+    """``bundle.json`` as a dict with every key the loader needs checked.
+
+    Raises:
+        BundleError: too large, not UTF-8, not JSON, not an object, or a key missing / of the wrong
+            type; the message names the key.
+    """
+    f = path / "bundle.json"
+    try:
+        size = f.stat().st_size
+        if size > MAX_BUNDLE_JSON_BYTES:
+            raise BundleError(f"{f}: {size} bytes, larger than any bundle.json ({MAX_BUNDLE_JSON_BYTES} bytes "
+                              "at most); not a chestdx bundle")
+        info = json.loads(f.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{f}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise BundleError(f"{f}: cannot read ({e.strerror or e})") from None
+    if not isinstance(info, dict):
+        raise BundleError(f"{f}: expected a JSON object, got {type(info).__name__}")
+
+    def need(key: str, kind: type | tuple[type, ...], where: dict[str, Any] = info, prefix: str = "") -> Any:
+        if key not in where or where[key] is None:
+            raise BundleError(f"{f}: key '{prefix}{key}' missing; the bundle is damaged (export it again)")
+        if not isinstance(where[key], kind) or isinstance(where[key], bool) and kind is not bool:
+            want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise BundleError(f"{f}: key '{prefix}{key}' must be {want}, got {type(where[key]).__name__}")
+        return where[key]
+
+    need("format", int)
+    names = need("class_names", list)
+    if len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+        raise BundleError(f"{f}: key 'class_names' must list at least two class names, got {names!r}")
+    recipe = need("recipe", dict)
+    model = need("model", dict, recipe, "recipe.")
+    need("name", str, model, "recipe.model.")
+    if "in_chans" in info and info["in_chans"] is not None:
+        ch = need("in_chans", int)
+        if not 1 <= ch <= 4:
+            raise BundleError(f"{f}: key 'in_chans' must be 1-4, got {ch}")
+    params = model.get("params") or {}
+    if not isinstance(params, dict):
+        raise BundleError(f"{f}: key 'recipe.model.params' must be an object, got {type(params).__name__}")
+    enc = params.get("encoder")
+    if enc is not None and not isinstance(enc, dict) and str(enc).lower() not in ("none", "", "null"):
+        # a bundle carries its encoder inline (its weights are in model.safetensors); a path would make
+        # loading read, and formerly unpickle, a file outside the bundle
+        raise BundleError(f"{f}: key 'recipe.model.params.encoder' names a file or folder ({str(enc)[:200]!r}); "
+                          "a bundle must carry its encoder inline and is refused (export the run again)")
+    if isinstance(enc, dict):
+        need("model", dict, enc, "recipe.model.params.encoder.")
+        need("num_classes", int, enc, "recipe.model.params.encoder.")
+    return info
+
+
 def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     """Load a bundle: the recipe, the model (eval mode) and its card; no recipe file or data needed.
 
+    Nothing in a bundle is unpickled: weights are safetensors, the rest is JSON checked key by key,
+    and a recipe that points outside the bundle (an encoder path) is refused.
+
     Raises:
-        BundleError: not a bundle, missing weights, another bundle format, a newer chestdx, or
-            weights that do not fit the network the recipe describes.
+        BundleError: not a bundle, missing weights, another bundle format, a newer chestdx, a
+            malformed ``bundle.json`` (naming the key), or weights that do not fit the network the
+            recipe describes.
     """
     from safetensors.torch import load_file
 
@@ -193,10 +259,7 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     if not is_bundle(path):
         raise BundleError(f"{path}: not a model bundle (no bundle.json); make one with "
                           "`chestdx export RUN --out MODEL_DIR`")
-    try:
-        info = json.loads((path / "bundle.json").read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path / 'bundle.json'}: not valid JSON ({e})") from None
+    info = _read_bundle_info(path)
     fmt, made_by = info.get("format"), str(info.get("chestdx_version", "unknown"))
     if fmt != BUNDLE_FORMAT:
         raise BundleError(f"{path}: bundle format {fmt!r} (written by chestdx {made_by}) cannot be read by "
@@ -210,8 +273,16 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
         raise BundleError(f"{path}: model.safetensors missing (the bundle is incomplete; export it again)")
     recipe_dict = dict(info["recipe"])
     recipe_dict["model"] = {**recipe_dict["model"], "weights": "none"}  # the weights come from the bundle
-    recipe = validate_recipe(recipe_dict)
-    model = build_model(recipe.model, num_classes=len(info["class_names"]), in_chans=int(info.get("in_chans", 1)))
+    try:
+        recipe = validate_recipe(recipe_dict, f"{path / 'bundle.json'} key 'recipe'")
+        model = build_model(recipe.model, num_classes=len(info["class_names"]),
+                            in_chans=int(info.get("in_chans") or 1))
+    except ChestdxError as e:
+        raise BundleError(f"{path / 'bundle.json'}: the recipe does not describe a network this chestdx builds: "
+                          f"{e}") from None
+    except Exception as e:  # noqa: BLE001 - a tampered recipe may reach any constructor
+        raise BundleError(f"{path / 'bundle.json'}: the recipe does not describe a network this chestdx builds "
+                          f"({type(e).__name__}: {str(e)[:300]})") from None
     try:
         state = load_file(str(weights), device=map_location)
         model.load_state_dict(state)
