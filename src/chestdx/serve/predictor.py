@@ -22,7 +22,7 @@ import torch
 
 from chestdx.data.transforms import LoadPreprocess
 from chestdx.engine.infer import run_procedure
-from chestdx.errors import ChestdxError, ConfigError
+from chestdx.errors import ChestdxError, ConfigError, DataError
 from chestdx.serve.inputs import Study, load_study
 
 __all__ = ["Prediction", "ScanPrediction", "Predictor", "load_model"]
@@ -369,7 +369,8 @@ class Predictor:
                       errors: list[tuple[str, str]] | None = None, aggregate: str = "mean",
                       max_slices: int | None = None) -> Iterator[Prediction | ScanPrediction]:
         """Answer many inputs: 2D images in batches, scans one at a time. A bad input is recorded
-        in ``errors`` as ``(path, problem)`` and skipped (raised when ``errors`` is None).
+        in ``errors`` as ``(path, problem)`` and skipped (raised when ``errors`` is None): any
+        failure reading or answering one input, typed or not, never costs the others their answers.
 
         Yields:
             one answer per readable input, in order.
@@ -396,6 +397,10 @@ class Predictor:
                 if errors is None:
                     raise
                 errors.append((str(p), str(e)))
+            except Exception as e:  # noqa: BLE001 - one bad input must not cost the others their answers
+                if errors is None:
+                    raise DataError(p, f"cannot answer ({type(e).__name__}: {str(e)[:300]})") from e
+                errors.append((str(p), f"{p}: cannot answer ({type(e).__name__}: {str(e)[:300]})"))
             if len(buf) >= batch_size:
                 yield from flush()
         yield from flush()
