@@ -197,9 +197,8 @@ def load_encoder(spec: str, in_chans: int = 1) -> tuple[ChestModel, Any]:
         ConfigError: the checkpoint holds no chestdx recipe.
     """
     from chestdx.config import validate_recipe
-    from chestdx.models import build_model
-
     from chestdx.engine.safe_load import read_checkpoint
+    from chestdx.models import build_model
 
     path = _checkpoint_of(spec)
     ckpt = read_checkpoint(path)  # weights_only: a pickle that would run code is refused

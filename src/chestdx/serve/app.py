@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse
 
 from chestdx.errors import ChestdxError, ConfigError, DataError
