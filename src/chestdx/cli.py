@@ -204,12 +204,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                       aggregate=args.aggregate, max_slices=args.max_slices)
     bar = tqdm(answers, total=len(inputs), unit="input", disable=None if len(inputs) > 1 else True,
                file=sys.stderr)
+    names = OutputNames()
     for pred in bar:
         rec = pred.to_json()
-        if overlays is not None:
-            rec["overlay"] = _write_overlays(pred, Path(overlays))
-        if args.attention is not None:
-            rec["attention_overlay"] = _attention_overlay(predictor, pred.source, Path(args.attention))
+        stem = names.stem(pred.source)
+        try:
+            if overlays is not None:
+                rec["overlay"] = _write_overlays(pred, Path(overlays), stem)
+            if args.attention is not None:
+                rec["attention_overlay"] = _attention_overlay(predictor, pred.source, Path(args.attention), stem)
+        except OSError as e:
+            raise ChestdxError(f"cannot write the overlay of {pred.source} ({e.strerror or e}); "
+                               "check --overlays / --attention") from None
         lines.append(to_json(rec))
         if not args.out:
             bar.write(lines[-1], file=sys.stdout)
@@ -226,8 +232,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attention_overlay(predictor: Any, source: str, folder: Path) -> str:
-    """Write the mean-attention overlay of one image (MAG-SD localisation); returns the PNG path."""
+class OutputNames:
+    """One output stem per input, unique within a ``predict`` call.
+
+    The stem is the input's whole file name without its image suffix (``2020.03.12.a.png`` ->
+    ``2020.03.12.a``, ``ct.nii.gz`` -> ``ct``, a series folder -> its name), with characters other
+    than letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``; a stem already given gets
+    ``-2``, ``-3``, ... so two inputs never write the same overlay file.
+    """
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def stem(self, source: str) -> str:
+        import re
+
+        name = Path(str(source).rstrip("/")).name
+        lower = name.lower()
+        for suffix in (".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii",
+                       ".npy", ".zip", ".gif", ".webp"):
+            if lower.endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                break
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "input"
+        stem, k = base, 1
+        while stem.lower() in self._used:
+            k += 1
+            stem = f"{base}-{k}"
+        self._used.add(stem.lower())
+        return stem
+
+
+def _attention_overlay(predictor: Any, source: str, folder: Path, stem: str) -> str:
+    """Write the mean-attention overlay of one image (MAG-SD localisation) as ``<stem>_attention.png``;
+    returns the PNG path."""
     from chestdx.evaluate.plots import overlay_heatmap, save_png
     from chestdx.explain.localize import attention_heatmap
 
@@ -235,16 +273,14 @@ def _attention_overlay(predictor: Any, source: str, folder: Path) -> str:
     hm = attention_heatmap(predictor.model, x)[0].numpy()
     img = x[0, 0].numpy()
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
-    stem = Path(source.rstrip("/")).name.split(".")[0] or "input"
     return str(save_png(overlay_heatmap(img, hm), folder / f"{stem}_attention.png"))
 
 
-def _write_overlays(pred: Any, folder: Path) -> str:
-    """Heatmap overlay PNG(s) of one answer: ``<name>_cam.png`` or, for a scan, one per slice in
-    ``<name>/``; returns the file or folder written."""
+def _write_overlays(pred: Any, folder: Path, stem: str) -> str:
+    """Heatmap overlay PNG(s) of one answer: ``<stem>_cam.png`` or, for a scan, one per slice in
+    ``<stem>/``; returns the file or folder written."""
     from chestdx.evaluate.plots import overlay_heatmap, save_png
 
-    stem = Path(pred.source.rstrip("/")).name.split(".")[0] or "input"
     if getattr(pred, "details", {}).get("heatmap_kind") == "lesion_mask":
         return _write_lesions(pred, folder, stem)
     if getattr(pred, "slices", None) is None:
