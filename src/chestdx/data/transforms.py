@@ -62,8 +62,9 @@ def clahe(image: np.ndarray, clip: float = 0.01, tile: int = 8) -> np.ndarray:
 def normalize(image: np.ndarray, how: str) -> np.ndarray:
     """``zscore`` (per image: zero mean, unit variance), ``unit`` (as is) or ``imagenet``."""
     if how == "zscore":
-        std = float(image.std())
-        return ((image - image.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
+        x = image.astype(np.float64)  # float32 statistics overflow for values near its limits
+        std = float(x.std())
+        return ((x - x.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
     if how == "imagenet":
         return ((image - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD).astype(np.float32)
     return image.astype(np.float32, copy=False)
@@ -72,7 +73,10 @@ def normalize(image: np.ndarray, how: str) -> np.ndarray:
 def to_unit(image: np.ndarray) -> np.ndarray:
     """Min-max an image to [0, 1] (used when HU values come without a window)."""
     lo, hi = float(image.min()), float(image.max())
-    return ((image - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(image)
+    if not hi > lo:
+        return np.zeros_like(image, dtype=np.float32)
+    # float64: near float32's limits (a hostile file may hold +-3e38) the float32 difference overflows
+    return ((image.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
 class LoadPreprocess(Transform):
