@@ -564,6 +564,8 @@ def _dicom_to_array(ds: Any, path: Path, hu_window: tuple[float, float] | None, 
     decoded_frames = 1 if hasattr(ds, "pixel_array_options") else n_frames  # pydicom < 3 decodes all
     check_size(path, rows * cols * samples_per_pixel * decoded_frames, max_pixels,
                f"DICOM image ({decoded_frames} x {rows} x {cols} x {samples_per_pixel} samples)")
+    for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):  # pydicom reads them
+        _tag_number(ds, path, keyword, None, integer=True, minimum=0)
     pixels = _decode_frame(ds, path, n_frames, k)
 
     photometric = _tag_str(ds, path, "PhotometricInterpretation", "MONOCHROME2").upper().strip()

@@ -17,12 +17,24 @@ Choices made where the input is ambiguous:
 - A folder that holds more than one series (``SeriesInstanceUID``) is refused with the list of series
   and their file counts, unless ``series_uid`` picks one: mixing two series would interleave slices.
 - Slice-image folders are stacked in natural order of their file names (``2.png`` before ``10.png``).
-- Zips are unpacked into a temporary folder (refused when they hold paths that escape it or more than
-  ``max_unzipped_bytes``) and read as a folder; nesting inside the zip does not matter.
+- Zips are unpacked into a temporary folder and read as a folder; nesting inside the zip does not
+  matter. Refused: members whose paths escape the archive, more than ``max_zip_members`` files, a
+  member that unpacks to more than ``max_member_bytes`` or all of them to more than
+  ``max_unzipped_bytes`` (the declared sizes are checked first, then the bytes actually written,
+  member by member in 1 MiB chunks, so a header that lies about a size cannot unpack past the cap),
+  compression other than stored / deflate (bzip2 and LZMA cannot be unpacked in bounded memory).
+  Errors name the zip and the member, never the temporary folder.
+
+Hostile input: :func:`read_volume` raises only :class:`chestdx.errors.ChestdxError`. The voxels a
+volume declares (NIfTI / ``.npy`` header, DICOM ``Rows * Columns * NumberOfFrames *
+SamplesPerPixel`` summed over the series' files, image header sizes summed over a slice folder) are
+checked against ``max_voxels`` (default :data:`chestdx.data.limits.MAX_VOLUME_VOXELS`) before any
+pixel is decoded.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 import zipfile
@@ -32,23 +44,36 @@ from typing import Any
 
 import numpy as np
 
+from chestdx.data.limits import (
+    MAX_UNZIPPED_BYTES,
+    MAX_VOLUME_VOXELS,
+    MAX_ZIP_MEMBER_BYTES,
+    MAX_ZIP_MEMBERS,
+    check_size,
+    guard_reader,
+)
 from chestdx.data.readers import (
     PIL_SUFFIXES,
     _check_array,
     _dcmread,
+    _dicom_geometry,
     _dicom_to_array,
     _kind,
+    _nifti_open,
+    _npy_header,
     _open_checked,
+    _pil_pixels,
     _read_nifti,
+    _tag_number,
+    _tag_numbers,
+    _tag_str,
     apply_hu_window,
     read_image,
 )
 from chestdx.errors import DataError
 
-__all__ = ["VolumeMeta", "read_volume", "is_volume_input", "natural_key"]
-
-#: Largest total size a zip may unpack to (bytes).
-MAX_UNZIPPED_BYTES = 4 * 1024**3
+__all__ = ["VolumeMeta", "read_volume", "is_volume_input", "natural_key", "MAX_UNZIPPED_BYTES",
+           "MAX_VOLUME_VOXELS", "MAX_ZIP_MEMBERS", "MAX_ZIP_MEMBER_BYTES"]
 
 
 @dataclass
@@ -83,40 +108,45 @@ def natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def _nifti_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float] | None]:
-    """All axial slices of a NIfTI volume, ``(D, H, W)`` inferior -> superior, display convention."""
-    import nibabel as nib
+def _nifti_volume(path: Path, max_voxels: int | None = MAX_VOLUME_VOXELS
+                  ) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+    """All axial slices of a NIfTI volume, ``(D, H, W)`` inferior -> superior, display convention.
+
+    The header shape is checked against ``max_voxels`` before the data is read."""
     from nibabel.orientations import apply_orientation, io_orientation
 
+    img, shape = _nifti_open(path)
+    if len(shape) == 2:
+        return _read_nifti(path, None, max_voxels)[None], None
+    if len(shape) != 3:
+        raise DataError(path, f"NIfTI image has shape {shape}; expected a 3D volume")
+    if 0 in shape:
+        raise DataError(path, f"NIfTI volume is empty (shape {shape})")
+    check_size(path, math.prod(shape), max_voxels, f"NIfTI volume {shape}", "voxels")
     try:
-        img: Any = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
-        if len(shape) == 2:
-            return _read_nifti(path, None)[None], None
-        if len(shape) != 3:
-            raise DataError(path, f"NIfTI image has shape {shape}; expected a 3D volume")
-        data = np.asanyarray(img.dataobj).reshape(shape).astype(np.float32)
+        data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
         ornt = io_orientation(img.affine)[:3]
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        if np.isfinite(ornt[:, 0]).all() and len(set(ornt[:, 0].tolist())) == 3:
+            data = apply_orientation(data, ornt)  # (X right, Y anterior, Z superior)
+            spacing = tuple(zooms[int(np.flatnonzero(ornt[:, 0] == ax)[0])] for ax in (2, 1, 0))
+        else:
+            spacing = (zooms[2], zooms[1], zooms[0])
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - nibabel raises many kinds on corrupt input
         raise DataError(path, f"not a readable NIfTI volume ({type(e).__name__}: {e})") from None
-    if 0 in shape:
-        raise DataError(path, f"NIfTI volume is empty (shape {shape})")
-    if np.isfinite(ornt[:, 0]).all() and len(set(ornt[:, 0].tolist())) == 3:
-        data = apply_orientation(data, ornt)  # (X right, Y anterior, Z superior)
-        spacing = tuple(zooms[int(np.flatnonzero(ornt[:, 0] == ax)[0])] for ax in (2, 1, 0))
-    else:
-        spacing = (zooms[2], zooms[1], zooms[0])
     # (X, Y, Z) -> (Z, rows = anterior->posterior, cols = right->left)
     vol = np.transpose(data, (2, 1, 0))[:, ::-1, ::-1]
     return np.ascontiguousarray(vol, dtype=np.float32), (spacing[0], spacing[1], spacing[2])
 
 
-def _npy_volume(path: Path) -> np.ndarray:
+def _npy_volume(path: Path, max_voxels: int | None = MAX_VOLUME_VOXELS) -> np.ndarray:
+    """A ``(D, H, W)`` (or ``(H, W)``, as one slice) ``.npy`` array; header checked before loading."""
+    shape, _ = _npy_header(path)
+    if len(shape) not in (2, 3) or 0 in shape:
+        raise DataError(path, f"array has shape {shape}; expected (D, H, W)")
+    check_size(path, math.prod(shape), max_voxels, f"array {shape}", "voxels")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
@@ -125,12 +155,11 @@ def _npy_volume(path: Path) -> np.ndarray:
         raise DataError(path, "expected one numeric numpy array")
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or arr.size == 0:
-        raise DataError(path, f"array has shape {tuple(arr.shape)}; expected (D, H, W)")
     return arr.astype(np.float32)
 
 
-def _dicom_files(paths: list[Path], folder: Path, series_uid: str | None) -> tuple[list[tuple[Path, Any]], list[tuple[str, str]], str | None]:
+def _dicom_files(paths: list[Path], folder: Path, series_uid: str | None
+                 ) -> tuple[list[tuple[Path, Any]], list[tuple[str, str]], str | None]:
     """Headers of the DICOM images among ``paths``, those of one series; and the skipped files."""
     skipped: list[tuple[str, str]] = []
     by_series: dict[str, list[tuple[Path, Any]]] = {}
@@ -150,7 +179,7 @@ def _dicom_files(paths: list[Path], folder: Path, series_uid: str | None) -> tup
         if "Rows" not in ds:
             skipped.append((str(p), "DICOM object without an image"))
             continue
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
+        by_series.setdefault(_tag_str(ds, p, "SeriesInstanceUID", ""), []).append((p, ds))
     if not by_series:
         raise DataError(folder, "holds no DICOM image files")
     if series_uid is not None:
@@ -165,66 +194,91 @@ def _dicom_files(paths: list[Path], folder: Path, series_uid: str | None) -> tup
     return files, skipped, uid or None
 
 
-def _dicom_series(folder: Path, paths: list[Path], series_uid: str | None) -> tuple[np.ndarray, VolumeMeta]:
+def _slice_position(ds: Any, p: Path) -> float | None:
+    """Position of a slice along its normal (``ImagePositionPatient`` on the cross product of the
+    ``ImageOrientationPatient`` directions), None where either tag is absent.
+
+    Raises:
+        DataError: a tag present but not 3 (6) numbers, naming the tag.
+    """
+    ipp = _tag_numbers(ds, p, "ImagePositionPatient", 3)
+    iop = _tag_numbers(ds, p, "ImageOrientationPatient", 6)
+    if ipp is None or iop is None:
+        return None
+    normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    return float(np.dot(normal, np.asarray(ipp)))
+
+
+def _dicom_series(folder: Path, paths: list[Path], series_uid: str | None,
+                  max_voxels: int | None = MAX_VOLUME_VOXELS) -> tuple[np.ndarray, VolumeMeta]:
     files, skipped, uid = _dicom_files(paths, folder, series_uid)
-    positions: list[float | None] = []
-    for _, ds in files:
-        try:
-            ipp = [float(v) for v in ds.ImagePositionPatient]
-            iop = [float(v) for v in ds.ImageOrientationPatient]
-            normal = np.cross(iop[:3], iop[3:])
-            positions.append(float(np.dot(normal, ipp)))
-        except (AttributeError, TypeError, ValueError):
-            positions.append(None)
-    if all(p is not None for p in positions):
+    total = 0
+    for p, ds in files:  # from the headers, before any pixel is decoded
+        rows, cols, frames, spp = _dicom_geometry(ds, p)
+        total += rows * cols * frames * spp
+    check_size(folder, total, max_voxels, f"DICOM series ({len(files)} files)", "voxels")
+    positions = [_slice_position(ds, p) for p, ds in files]
+    if all(pos is not None for pos in positions):
         order, how = np.argsort(np.asarray(positions, dtype=np.float64), kind="stable"), "position"
         sorted_pos = np.sort(np.asarray(positions, dtype=np.float64))
         dz = float(np.median(np.diff(sorted_pos))) if len(files) > 1 else None
-    elif all("InstanceNumber" in ds for _, ds in files):
-        order, how, dz = np.argsort([int(ds.InstanceNumber) for _, ds in files], kind="stable"), "instance", None
     else:
-        order = np.asarray(sorted(range(len(files)), key=lambda i: natural_key(files[i][0].name)))
-        how, dz = "name", None
+        instances = [_tag_number(ds, p, "InstanceNumber", None, integer=True) for p, ds in files]
+        if all(n is not None for n in instances):
+            order, how, dz = np.argsort(np.asarray(instances, dtype=np.float64), kind="stable"), "instance", None
+        else:
+            order = np.asarray(sorted(range(len(files)), key=lambda i: natural_key(files[i][0].name)))
+            how, dz = "name", None
+    p0, ds0 = files[0]
     if dz is None and len(files) > 1:
-        st = files[0][1].get("SpacingBetweenSlices") or files[0][1].get("SliceThickness")
+        st = (_tag_number(ds0, p0, "SpacingBetweenSlices", None)
+              or _tag_number(ds0, p0, "SliceThickness", None))
         dz = float(st) if st else None
-    slices, names = [], []
-    shape = None
-    for i in order:
+    vol: np.ndarray | None = None
+    names = []
+    for j, i in enumerate(order):
         p, _ = files[int(i)]
-        arr = _dicom_to_array(_dcmread(p), p, None, None, raw=False)
-        if shape is None:
-            shape = arr.shape
-        elif arr.shape != shape:
-            raise DataError(p, f"slice has shape {arr.shape} but the series' first slice has {shape}")
-        slices.append(arr)
+        arr = _dicom_to_array(_dcmread(p), p, None, None, raw=False, max_pixels=max_voxels)
+        if vol is None:
+            vol = np.empty((len(files),) + arr.shape, np.float32)
+        elif arr.shape != vol.shape[1:]:
+            raise DataError(p, f"slice has shape {arr.shape} but the series' first slice has {vol.shape[1:]}")
+        vol[j] = arr
         names.append(str(p))
-    ps = files[0][1].get("PixelSpacing")
+    ps = _tag_numbers(ds0, p0, "PixelSpacing", 2)
     spacing = None
     if ps is not None and dz is not None:
-        spacing = (abs(dz), float(ps[0]), float(ps[1]))
+        spacing = (abs(dz), ps[0], ps[1])
     meta = VolumeMeta(source=str(folder), kind="dicom_series", spacing=spacing, files=names,
                       series_uid=uid, skipped=skipped, order=how)
-    return np.stack(slices).astype(np.float32), meta
+    assert vol is not None  # files is never empty
+    return vol, meta
 
 
-def _slice_folder(folder: Path, paths: list[Path]) -> tuple[np.ndarray, VolumeMeta]:
+def _slice_folder(folder: Path, paths: list[Path],
+                  max_voxels: int | None = MAX_VOLUME_VOXELS) -> tuple[np.ndarray, VolumeMeta]:
     images = sorted((p for p in paths if p.name.lower().endswith(PIL_SUFFIXES)), key=lambda p: natural_key(p.name))
     skipped = [(str(p), "not a slice image") for p in paths if p not in images]
     if not images:
         raise DataError(folder, "holds neither DICOM files nor slice images (.png/.jpg/.tif/.bmp)")
-    slices: list[np.ndarray] = []
-    for p in images:
-        arr = read_image(p)
-        if slices and arr.shape != slices[0].shape:
-            raise DataError(p, f"slice has shape {arr.shape} but {images[0].name} has {slices[0].shape}")
-        slices.append(arr)
+    total = sum(_pil_pixels(p) for p in images)  # from the image headers, before decoding
+    check_size(folder, total, max_voxels, f"slice folder ({len(images)} images)", "voxels")
+    vol: np.ndarray | None = None
+    for j, p in enumerate(images):
+        arr = read_image(p, max_pixels=max_voxels)
+        if vol is None:
+            vol = np.empty((len(images),) + arr.shape, np.float32)
+        elif arr.shape != vol.shape[1:]:
+            raise DataError(p, f"slice has shape {arr.shape} but {images[0].name} has {vol.shape[1:]}")
+        vol[j] = arr
     meta = VolumeMeta(source=str(folder), kind="slices", files=[str(p) for p in images], skipped=skipped,
                       order="name")
-    return np.stack(slices).astype(np.float32), meta
+    assert vol is not None
+    return vol, meta
 
 
-def _folder_volume(folder: Path, paths: list[Path], series_uid: str | None) -> tuple[np.ndarray, VolumeMeta]:
+def _folder_volume(folder: Path, paths: list[Path], series_uid: str | None,
+                   max_voxels: int | None = MAX_VOLUME_VOXELS) -> tuple[np.ndarray, VolumeMeta]:
     paths = [p for p in paths if p.is_file() and not p.name.startswith(".")]
     if not paths:
         raise DataError(folder, "folder is empty (no files directly inside; point at the series folder)")
@@ -235,69 +289,175 @@ def _folder_volume(folder: Path, paths: list[Path], series_uid: str | None) -> t
         except (DataError, OSError):
             kinds.add("unreadable")
     if "dicom" in kinds:
-        return _dicom_series(folder, paths, series_uid)
-    return _slice_folder(folder, paths)
+        return _dicom_series(folder, paths, series_uid, max_voxels)
+    return _slice_folder(folder, paths, max_voxels)
 
 
-def _unzip(path: Path, dest: Path, max_bytes: int) -> list[Path]:
+# ------------------------------------------------------------------------------------------- zips
+
+_CHUNK = 1024 * 1024
+_SAFE_NAME = re.compile(r"[^\w.\- ]")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 10**6 else f"{n:,} bytes"
+
+
+def _check_zip_directory(path: Path, max_members: int) -> None:
+    """Refuse, from the end-of-central-directory record alone (before ``zipfile`` builds one object
+    per entry), a zip that declares far more entries, or a far larger directory, than
+    ``max_members`` files can need (folders count as entries too, hence the factor 2)."""
+    end_rec = getattr(zipfile, "_EndRecData", None)
+    if end_rec is None:  # pragma: no cover - private helper gone; the member count is checked later
+        return
     try:
+        with open(path, "rb") as f:
+            rec = end_rec(f)
+    except Exception:  # noqa: BLE001 - zipfile.ZipFile reports a broken record
+        return
+    if not rec:
+        return
+    entries, cd_size = int(rec[zipfile._ECD_ENTRIES_TOTAL]), int(rec[zipfile._ECD_SIZE])
+    if entries > 2 * max_members:
+        raise DataError(path, f"zip holds {entries:,} entries, more than the limit of {max_members:,} files")
+    if cd_size > 2 * max_members * 1024 + 65536:
+        raise DataError(path, f"zip directory is {_mb(cd_size)}, too large for {max_members:,} files")
+
+
+def _unzip(path: Path, dest: Path, max_bytes: int, max_members: int = MAX_ZIP_MEMBERS,
+           max_member_bytes: int = MAX_ZIP_MEMBER_BYTES) -> list[tuple[Path, str]]:
+    """Unpack the files of zip ``path`` flat into ``dest``: ``[(unpacked file, member name)]``.
+
+    Every failure is a :class:`DataError` naming ``path`` (and the member): a broken archive,
+    corrupt deflate data, an unsupported compression method, encryption, a path escaping the
+    archive, too many members, a member or the total over its size cap (declared or actual).
+    """
+    current = ""
+    try:
+        _check_zip_directory(path, max_members)
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
+            if len(members) > max_members:
+                raise DataError(path, f"zip holds {len(members):,} files, more than the limit of {max_members:,}")
             total = sum(m.file_size for m in members)
             if total > max_bytes:
                 raise DataError(path, f"zip unpacks to {total / 1e6:.0f} MB, more than the limit of "
                                 f"{max_bytes / 1e6:.0f} MB")
-            out = []
-            root = dest.resolve()
-            for i, m in enumerate(members):
+            for m in members:
                 name = Path(m.filename)
-                if name.is_absolute() or ".." in name.parts:
+                if name.is_absolute() or ".." in name.parts or ".." in Path(m.filename.replace("\\", "/")).parts:
                     raise DataError(path, f"zip member {m.filename!r} points outside the archive")
-                if name.name.startswith(".") or "__MACOSX" in name.parts:
+                if m.file_size > max_member_bytes:
+                    raise DataError(path, f"zip member {m.filename!r} unpacks to {_mb(m.file_size)}, more than "
+                                    f"the limit of {_mb(max_member_bytes)} per file")
+                if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise DataError(path, f"zip member {m.filename!r} uses compression method {m.compress_type}; "
+                                    "only stored and deflate are read")
+                if m.flag_bits & 0x1:
+                    raise DataError(path, f"zip member {m.filename!r} is encrypted")
+            out: list[tuple[Path, str]] = []
+            root = dest.resolve()
+            written = 0
+            for i, m in enumerate(members):
+                current = m.filename
+                name = Path(m.filename)
+                if name.name.startswith(".") or "__MACOSX" in name.parts or not name.name:
                     continue
-                target = (root / f"{i:06d}_{name.name}")
+                safe = _SAFE_NAME.sub("_", name.name)
+                if len(safe) > 120:
+                    safe = safe[:60] + safe[-60:]  # keep the suffix (.dcm, .nii.gz) for sniffing
+                target = root / f"{i:06d}_{safe}"
+                size = 0
                 with zf.open(m) as src, open(target, "wb") as dst:
-                    dst.write(src.read())
-                out.append(target)
+                    while True:
+                        chunk = src.read(_CHUNK)
+                        if not chunk:
+                            break
+                        size += len(chunk)
+                        written += len(chunk)
+                        if size > min(m.file_size, max_member_bytes) or written > max_bytes:
+                            raise DataError(path, f"zip member {m.filename!r} unpacks to more than its header "
+                                            f"declares ({m.file_size:,} bytes) or the limit")
+                        dst.write(chunk)
+                out.append((target, name.name))
             return out
+    except DataError:
+        raise
     except zipfile.BadZipFile as e:
-        raise DataError(path, f"not a readable zip file ({e})") from None
+        where = f" (zip member {current!r})" if current else ""
+        raise DataError(path, f"not a readable zip file{where} ({e})") from None
+    except NotImplementedError as e:  # compression method / zip version zipfile does not know
+        raise DataError(path, f"zip uses a feature that cannot be read ({e})") from None
+    except Exception as e:  # noqa: BLE001 - zlib.error, EOFError, OSError, struct.error, ...
+        where = f"zip member {current!r}: " if current else ""
+        raise DataError(path, f"{where}corrupt zip data ({type(e).__name__}: {e})") from None
+
+
+def _zip_volume(p: Path, series_uid: str | None, max_voxels: int | None, max_unzipped_bytes: int,
+                max_zip_members: int, max_member_bytes: int) -> tuple[np.ndarray, VolumeMeta]:
+    """Read a zip as a folder; every error and skipped-file reason names the zip and the member,
+    never the temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="chestdx-zip-") as tmp:
+        unpacked = _unzip(p, Path(tmp), max_unzipped_bytes, max_zip_members, max_member_bytes)
+        member = {str(t): n for t, n in unpacked}
+
+        def clean(text: str) -> str:
+            for t, n in member.items():
+                text = text.replace(t, n)
+            return text.replace(str(Path(tmp).resolve()), "").replace(tmp, "")
+
+        try:
+            vol, meta = _folder_volume(p, [t for t, _ in unpacked], series_uid, max_voxels)
+        except DataError as e:
+            where = f"zip member {member[e.path]!r}: " if e.path in member else ""
+            raise DataError(p, where + clean(e.problem)) from None
+        except Exception as e:  # noqa: BLE001 - named here while the member names are known
+            raise DataError(p, f"unreadable zip content ({type(e).__name__}: {clean(str(e))})") from None
+        meta.files = [member.get(f, Path(f).name) for f in meta.files]
+        meta.skipped = [(member.get(f, Path(f).name), clean(why)) for f, why in meta.skipped]
+    return vol, meta
+
+
+# -------------------------------------------------------------------------------------------- API
+
+
+def _is_zip(p: Path) -> bool:
+    try:
+        return p.is_file() and zipfile.is_zipfile(p)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def is_volume_input(path: str | Path) -> bool:
-    """Whether ``path`` is a 3D scan: a folder, a zip, a 3D NIfTI / ``.npy`` or a multi-frame DICOM."""
-    p = Path(path)
-    if p.is_dir() or zipfile.is_zipfile(p):
-        return True
-    try:
-        kind = _kind(_open_checked(p))
-    except DataError:
-        return False
-    if kind == "nifti":
-        import nibabel as nib
+    """Whether ``path`` is a 3D scan: a folder, a zip, a 3D NIfTI / ``.npy`` or a multi-frame DICOM.
 
-        try:
-            img: Any = nib.load(str(p))
-            shape = [s for s in img.shape if s != 1] or [1]
-        except Exception:  # noqa: BLE001
-            return False
-        return len(shape) >= 3
-    if kind == "npy":
-        try:
-            return np.load(p, mmap_mode="r", allow_pickle=False).ndim == 3
-        except Exception:  # noqa: BLE001
-            return False
-    if kind == "dicom":
-        try:
-            return int(_dcmread(p, stop_before_pixels=True).get("NumberOfFrames", 1) or 1) > 1
-        except DataError:
-            return False
+    Reads headers only; never raises (an unreadable file is not a volume; :func:`read_volume` or
+    :func:`~chestdx.data.read_image` then says what is wrong with it)."""
+    try:
+        p = Path(path)
+        if p.is_dir() or _is_zip(p):
+            return True
+        kind = _kind(_open_checked(p))
+        if kind == "nifti":
+            _, shape = _nifti_open(p)
+            return len([s for s in shape if s != 1]) >= 3
+        if kind == "npy":
+            return len(_npy_header(p)[0]) == 3
+        if kind == "dicom":
+            ds = _dcmread(p, stop_before_pixels=True)
+            return (_tag_number(ds, p, "NumberOfFrames", 1, integer=True) or 1) > 1
+    except Exception:  # noqa: BLE001 - DataError, OSError, ...: not a volume
+        return False
     return False
 
 
+@guard_reader()
 def read_volume(path: str | Path, *, hu_window: tuple[float, float] | None = None,
                 series_uid: str | None = None,
-                max_unzipped_bytes: int = MAX_UNZIPPED_BYTES) -> tuple[np.ndarray, VolumeMeta]:
+                max_unzipped_bytes: int = MAX_UNZIPPED_BYTES,
+                max_voxels: int | None = MAX_VOLUME_VOXELS,
+                max_zip_members: int = MAX_ZIP_MEMBERS,
+                max_member_bytes: int = MAX_ZIP_MEMBER_BYTES) -> tuple[np.ndarray, VolumeMeta]:
     """Read one scan as float32 ``(D, H, W)`` (inferior -> superior) and where it came from.
 
     Args:
@@ -306,38 +466,50 @@ def read_volume(path: str | Path, *, hu_window: tuple[float, float] | None = Non
         hu_window: ``(level, width)``: clip to the window and scale to ``[0, 1]`` (not for slice
             images, which are already in ``[0, 1]``).
         series_uid: the series to read from a folder holding several.
-        max_unzipped_bytes: refuse zips that unpack to more.
+        max_unzipped_bytes: refuse zips that unpack to more (declared or actual); default
+            :data:`~chestdx.data.limits.MAX_UNZIPPED_BYTES` (1 GiB).
+        max_voxels: refuse, before decoding, a volume that declares more voxels; default
+            :data:`~chestdx.data.limits.MAX_VOLUME_VOXELS` (128 Mi); None: no limit.
+        max_zip_members: refuse zips holding more files; default
+            :data:`~chestdx.data.limits.MAX_ZIP_MEMBERS` (4096).
+        max_member_bytes: refuse zips with a member that unpacks to more; default
+            :data:`~chestdx.data.limits.MAX_ZIP_MEMBER_BYTES` (512 MiB).
 
     Returns:
         ``(volume (D, H, W) float32, VolumeMeta)``.
 
     Raises:
         DataError: missing or unreadable input, several series mixed in one folder, slices of
-            different sizes, NaN values. The message names the file or folder.
+            different sizes, NaN values, a size over a limit. The message names the file or folder
+            (for a zip: the zip and the member). Nothing else escapes: an unexpected library
+            exception becomes a DataError naming its type.
+        ConfigError: ``hu_window`` is malformed.
     """
+    if hu_window is not None:
+        apply_hu_window(np.zeros(1, np.float32), hu_window)  # validate before reading
     p = Path(path)
     if not p.exists():
         raise DataError(p, "not found")
     if p.is_dir():
-        vol, meta = _folder_volume(p, sorted(p.iterdir()), series_uid)
-    elif zipfile.is_zipfile(p):
-        with tempfile.TemporaryDirectory(prefix="chestdx-zip-") as tmp:
-            files = _unzip(p, Path(tmp), max_unzipped_bytes)
-            vol, meta = _folder_volume(p, files, series_uid)
-            meta.files = [Path(f).name.split("_", 1)[1] for f in meta.files]
-            meta.skipped = [(Path(f).name.split("_", 1)[-1], why) for f, why in meta.skipped]
+        vol, meta = _folder_volume(p, sorted(p.iterdir()), series_uid, max_voxels)
+    elif _is_zip(p):
+        vol, meta = _zip_volume(p, series_uid, max_voxels, max_unzipped_bytes, max_zip_members, max_member_bytes)
     else:
         p = _open_checked(p)
         kind = _kind(p)
         if kind == "nifti":
-            vol, spacing = _nifti_volume(p)
+            vol, spacing = _nifti_volume(p, max_voxels)
             meta = VolumeMeta(source=str(p), kind="nifti", spacing=spacing, files=[str(p)])
         elif kind == "npy":
-            vol, meta = _npy_volume(p), VolumeMeta(source=str(p), kind="npy", files=[str(p)])
+            vol, meta = _npy_volume(p, max_voxels), VolumeMeta(source=str(p), kind="npy", files=[str(p)])
         elif kind == "dicom":
             ds = _dcmread(p)
-            n = int(ds.get("NumberOfFrames", 1) or 1)
-            vol = np.stack([_dicom_to_array(ds, p, None, i, raw=False) for i in range(n)])
+            rows, cols, n, spp = _dicom_geometry(ds, p)
+            check_size(p, rows * cols * n * spp, max_voxels, f"DICOM volume ({n} x {rows} x {cols} x {spp} "
+                       "samples)", "voxels")
+            vol = np.empty((n, rows, cols), np.float32)
+            for i in range(n):  # one frame decoded at a time (pydicom >= 3)
+                vol[i] = _dicom_to_array(ds, p, None, i, raw=False, max_pixels=max_voxels)
             meta = VolumeMeta(source=str(p), kind="dicom_multiframe", files=[str(p)])
         else:
             raise DataError(p, "is a single 2D image, not a volume (use read_image, or give a folder, "
