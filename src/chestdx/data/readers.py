@@ -404,7 +404,9 @@ def _short(value: Any, n: int = 40) -> str:
 def _tag_value(ds: Any, path: Path, keyword: str) -> Any:
     """The value of DICOM tag ``keyword`` (None when absent or empty); reading it may not raise."""
     try:
-        value = ds.get(keyword, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Invalid value for VR IS": refused below with the tag's name
+            value = ds.get(keyword, None)
     except Exception as e:  # noqa: BLE001 - pydicom converts raw values on access
         raise DataError(path, f"DICOM tag {keyword} cannot be read ({type(e).__name__}: {e})") from None
     if value is None or (isinstance(value, (str, bytes)) and not value.strip(b" \x00" if isinstance(value, bytes)
@@ -645,30 +647,31 @@ def _read_nifti(path: Path, slice_index: int | None, max_pixels: int | None = MA
     if 0 in shape:
         raise DataError(path, f"NIfTI image is empty (shape {shape})")
     try:
-        ornt = io_orientation(img.affine)[:3]
-        if len(shape) == 2:
-            check_size(path, math.prod(shape), max_pixels, f"NIfTI image {shape}")
-            data = np.asanyarray(img.dataobj).reshape(shape + (1,))
-        else:
-            # read only the axial slice: find the data axis that runs inferior <-> superior
-            z_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0]) if np.isfinite(ornt[:, 0]).all() else 2
-            n = shape[z_axis]
-            check_size(path, math.prod(shape) // n, max_pixels, f"NIfTI slice of the volume {shape}")
-            k = _pick_slice(path, n, slice_index, "axial")
-            if np.isfinite(ornt[z_axis, 1]) and ornt[z_axis, 1] < 0:
-                k = n - 1 - k  # data axis runs superior -> inferior
-            slicer: list[Any] = [slice(None)] * len(img.shape)
-            slicer[z_axis] = slice(k, k + 1)
-            for extra in range(3, len(img.shape)):
-                slicer[extra] = 0
-            data = np.asanyarray(img.dataobj[tuple(slicer)])
-            data = data.reshape(tuple(1 if i == z_axis else shape[i] for i in range(3)))
-        if np.isfinite(ornt[:, 0]).all() and len(set(ornt[:, 0].tolist())) == 3:
-            data = apply_orientation(data, ornt)  # -> RAS+ axis order and directions
-        ras = np.asarray(data)[:, :, 0]  # (X, Y): x grows to the patient's right, y to anterior
-        # radiological display: rows anterior->posterior (y decreasing), columns patient right->left
-        display = ras.T[::-1, ::-1]
-        return np.ascontiguousarray(display, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values -> inf, refused later
+            ornt = io_orientation(img.affine)[:3]
+            if len(shape) == 2:
+                check_size(path, math.prod(shape), max_pixels, f"NIfTI image {shape}")
+                data = np.asanyarray(img.dataobj).reshape(shape + (1,))
+            else:
+                # read only the axial slice: find the data axis that runs inferior <-> superior
+                z_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0]) if np.isfinite(ornt[:, 0]).all() else 2
+                n = shape[z_axis]
+                check_size(path, math.prod(shape) // n, max_pixels, f"NIfTI slice of the volume {shape}")
+                k = _pick_slice(path, n, slice_index, "axial")
+                if np.isfinite(ornt[z_axis, 1]) and ornt[z_axis, 1] < 0:
+                    k = n - 1 - k  # data axis runs superior -> inferior
+                slicer: list[Any] = [slice(None)] * len(img.shape)
+                slicer[z_axis] = slice(k, k + 1)
+                for extra in range(3, len(img.shape)):
+                    slicer[extra] = 0
+                data = np.asanyarray(img.dataobj[tuple(slicer)])
+                data = data.reshape(tuple(1 if i == z_axis else shape[i] for i in range(3)))
+            if np.isfinite(ornt[:, 0]).all() and len(set(ornt[:, 0].tolist())) == 3:
+                data = apply_orientation(data, ornt)  # -> RAS+ axis order and directions
+            ras = np.asarray(data)[:, :, 0]  # (X, Y): x grows to the patient's right, y to anterior
+            # radiological display: rows anterior->posterior (y decreasing), columns patient right->left
+            display = ras.T[::-1, ::-1]
+            return np.ascontiguousarray(display, dtype=np.float32)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001

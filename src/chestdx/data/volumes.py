@@ -124,7 +124,8 @@ def _nifti_volume(path: Path, max_voxels: int | None = MAX_VOLUME_VOXELS
         raise DataError(path, f"NIfTI volume is empty (shape {shape})")
     check_size(path, math.prod(shape), max_voxels, f"NIfTI volume {shape}", "voxels")
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values become inf: refused by _check_array
+            data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
         ornt = io_orientation(img.affine)[:3]
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         if np.isfinite(ornt[:, 0]).all() and len(set(ornt[:, 0].tolist())) == 3:

@@ -103,6 +103,8 @@ def load_study(x: Any, hu_window: tuple[float, float] | None = None, name: str |
     from chestdx.data.volumes import is_volume_input, read_volume
 
     if isinstance(x, (str, Path)):
+        if str(x) == "":  # Path("") is the working folder
+            raise DataError("''", "no file given (empty path)")
         p = Path(x)
         if not p.exists():
             raise DataError(p, "not found")
@@ -270,6 +272,8 @@ def expand_inputs(inputs: Any, scan_folders: bool = False) -> list[str]:
     for item in inputs:
         if not isinstance(item, (str, Path)):
             raise DataError(str(item), f"expected a path, got a {type(item).__name__}")
+        if str(item) == "":  # Path("") is the working folder
+            raise DataError("''", "no path given (empty string)")
         p = Path(item)
         if not p.exists():
             raise DataError(p, "not found")
