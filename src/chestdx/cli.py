@@ -102,12 +102,18 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from chestdx.config import load_recipe
-    from chestdx.engine.train import train
+    from chestdx.engine.train import resume_recipe, train
 
-    recipe = load_recipe(args.recipe, _overrides_from_args(args))
+    if args.force and not (args.resume or args.folds):
+        raise ChestdxError("--force only goes with --resume (it applies changed settings to a resumed run)")
+    if args.resume and not args.folds:  # continue the run's own recipe.yaml; train() refuses changes
+        recipe = resume_recipe(args.out, args.recipe, _overrides_from_args(args))
+    else:
+        recipe = load_recipe(args.recipe, _overrides_from_args(args))
     if args.folds:
         return _train_folds(recipe, args)
-    run = train(recipe, args.data or [], args.out, resume=args.resume, progress=not args.no_progress)
+    run = train(recipe, args.data or [], args.out, resume=args.resume, force=args.force,
+                progress=not args.no_progress)
     print(f"run written to {run.path} (best checkpoint {run.checkpoint('best').name})")
     return 0
 
@@ -127,7 +133,7 @@ def _train_folds(recipe: Any, args: argparse.Namespace) -> int:
             print(f"fold {f}: finished before, kept ({out})")
             continue
         resume = (out / "checkpoints" / "last.ckpt").is_file()
-        train(recipe, args.data or [], out, resume=resume, progress=not args.no_progress,
+        train(recipe, args.data or [], out, resume=resume, force=args.force, progress=not args.no_progress,
               samples=None if resume else kfold_train_val_test(samples, args.folds, f, seed=recipe.seed))
         print(f"fold {f} written to {out}")
     return 0
@@ -395,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("recipe", help="recipe name (see `chestdx recipes`) or path to a .yaml")
     s.add_argument("--data", nargs="+", help="one folder / CSV / label file per site")
     s.add_argument("--out", required=True, help="run folder")
-    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    s.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.ckpt (written after every epoch) with OUT/recipe.yaml")
+    s.add_argument("--force", action="store_true",
+                   help="with --resume: apply overrides that change OUT/recipe.yaml (recorded in the run folder)")
     s.add_argument("--folds", type=int, help="patient-grouped k-fold: one run per fold in OUT/fold<f>")
     s.add_argument("--fold", type=int, help="with --folds: train only this fold")
     s.add_argument("--no-progress", action="store_true")

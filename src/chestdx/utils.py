@@ -3,27 +3,91 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
+import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+_UMASK_LOCK = threading.Lock()
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+"""``OSError`` numbers that mean "this folder cannot be written now" (disk full, quota, read-only)."""
+
+_TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+"""Names of :func:`atomic_open`'s temporary files: ``.<name>.<8 random characters>.tmp``."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where ``/proc/self/status`` says it (Linux);
+    elsewhere by setting and restoring it (under a lock, but racy against other threads creating
+    files at that instant)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open`` / ``mkdir`` would give a new file (0666) or folder (0777) under the umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def fix_tempdir_mode(path: str | Path) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` (always 0700) the mode ``mkdir`` would have given
+    it under the umask, for a temporary folder that becomes an output."""
+    os.chmod(path, umask_mode(directory=True))
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the ``.NAME.XXXXXXXX.tmp`` files that an :func:`atomic_open` killed mid-write left in
+    ``folder`` (not recursive); returns what was removed. Call it only where no other process is
+    writing into ``folder`` (e.g. at the start of training, in the run folder)."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if _TMP_RE.match(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def is_write_error(e: BaseException) -> bool:
+    """Whether ``e`` says a folder cannot be written now (full disk, quota, read-only, no permission)."""
+    return isinstance(e, OSError) and e.errno in WRITE_ERRNOS
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path`` and rename it over ``path`` on success.
 
-    A crash (or an exception inside the ``with`` block) leaves any existing ``path`` untouched.
+    A crash (or an exception inside the ``with`` block) leaves any existing ``path`` untouched; a
+    process killed mid-write leaves a ``.NAME.XXXXXXXX.tmp`` file (see
+    :func:`remove_stale_temp_files`). The file gets the mode a plain ``open`` would give it under
+    the umask (``mkstemp`` alone makes it 0600), whatever the mode of a file it replaces.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -93,7 +157,40 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
     with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+        writer = _ErrorKeepingWriter(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            # torch reports a failed write (e.g. a full disk) as "[enforce fail ...] unexpected pos";
+            # re-raise the OSError the file itself gave so callers can tell a full disk
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+class _ErrorKeepingWriter:
+    """A binary file wrapper that remembers the ``OSError`` its ``write`` raised (torch.save swallows it)."""
+
+    def __init__(self, handle: IO[bytes]):
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
 
 
 def seed_everything(seed: int) -> None:

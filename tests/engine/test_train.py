@@ -65,16 +65,25 @@ def test_refuses_to_overwrite_and_resumes(phantom_slices, tmp_path):
     run = tmp_path / "run"
     recipe = load_recipe("demo", TINY)
     train(recipe, [phantom_slices], run, progress=False)
-    step1 = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    step1 = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     with pytest.raises(RunError, match="--resume"):
         train(recipe, [phantom_slices], run, progress=False)
-    # continue the interrupted schedule up to 2 epochs
+    # a finished run is not trained again
+    train(recipe, [], run, resume=True, progress=False)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step1
+    # a longer schedule is a changed setting: refused, then applied with force (and recorded)
     recipe2 = load_recipe("demo", [*TINY[:1], "trainer.epochs=2", *TINY[2:]])
-    train(recipe2, [], run, resume=True, progress=False)
+    with pytest.raises(RunError, match=r"trainer.epochs: 1 -> 2"):
+        train(recipe2, [], run, resume=True, progress=False)
+    train(recipe2, [], run, resume=True, force=True, progress=False)
     hist = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [0, 1]
-    ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ck["epoch"] == 1 and ck["global_step"] == 2 * step1
+    assert Run(run).recipe.trainer.epochs == 2
+    record = json.loads((run / "train.json").read_text())["resume_overrides"]
+    assert record == [{"at_epoch": 1, "time": record[0]["time"],
+                       "changes": {"trainer.epochs": {"old": 1, "new": 2}}}]
     with pytest.raises(RunError, match="no .*last.ckpt"):
         train(recipe2, [], tmp_path / "fresh", resume=True, progress=False)
 
@@ -117,7 +126,7 @@ def test_atomic_checkpoint_keeps_previous_file_on_failure(tmp_path):
 
     with pytest.raises(RuntimeError):
         io.save_checkpoint({"a": Unpicklable()}, p)
-    assert torch.load(p, weights_only=False) == {"a": 1}
+    assert torch.load(p, weights_only=True) == {"a": 1}
     assert list(tmp_path.iterdir()) == [p]
 
 

@@ -22,8 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from chestdx.config import Recipe, load_recipe
 from chestdx.errors import RunError
 from chestdx.utils import atomic_open, write_json, write_text
@@ -120,11 +118,17 @@ class Run:
 
     def load_task(self, which: str = "best", map_location: str = "cpu", ckpt: dict[str, Any] | None = None) -> Any:
         """The trained :class:`~chestdx.engine.task.ChestTask` in eval mode (from ``ckpt`` when the
-        caller has already read the checkpoint)."""
+        caller has already read the checkpoint, with :func:`~chestdx.engine.checkpointing.read_checkpoint`).
+
+        Raises:
+            RunError: no checkpoint, or one that holds non-tensor objects (refused unread: loading it
+                could run code) or is damaged.
+        """
+        from chestdx.engine.checkpointing import read_checkpoint
         from chestdx.engine.task import ChestTask
 
         if ckpt is None:
-            ckpt = torch.load(self.checkpoint(which), map_location=map_location, weights_only=False)
+            ckpt = read_checkpoint(self.checkpoint(which), map_location=map_location)
         hp = ckpt.get("hyper_parameters", {})
         task = ChestTask(self.recipe, hp.get("class_counts"), hp.get("in_chans", 1))
         task.load_state_dict(ckpt["state_dict"])
