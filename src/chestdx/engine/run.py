@@ -3,13 +3,18 @@
 ::
 
     RUN/
-      recipe.yaml          the resolved recipe (overrides applied)
+      recipe.yaml          the resolved recipe (overrides applied); --resume continues it
       samples.csv          every image with its label, site, patient and split (the exact split used)
       data.json            sources, class names, site names, counts per split/class/site
-      checkpoints/best.ckpt, checkpoints/last.ckpt
+      checkpoints/best.ckpt  the best epoch by trainer.monitor
+      checkpoints/last.ckpt  written after every epoch: --resume loses at most the running epoch
       history.json         per-epoch metrics (kept across --resume); logs/version_N/metrics.csv
                            Lightning's CSV log of each (resumed) session
-      train.json           wall time, epochs run, best score, chestdx version
+      train.json           wall time, epochs run, best score, chestdx version, resume record
+      resume_overrides.json  only after ``--resume --force``: each resume's changed settings (old/new)
+
+Checkpoints are only read with ``weights_only=True`` (:mod:`chestdx.engine.safe_load`): one whose
+pickle would build other objects is refused, never unpickled.
 """
 
 from __future__ import annotations
