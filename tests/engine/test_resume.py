@@ -264,7 +264,7 @@ def _completed_epoch(run: Path) -> int:
     try:
         rows = json.loads((run / "history.json").read_text())
         ck = _ck(run / "checkpoints" / "last.ckpt")
-    except (FileNotFoundError, json.JSONDecodeError, RuntimeError, EOFError):
+    except (FileNotFoundError, ValueError, RuntimeError, EOFError):  # not written yet
         return -1
     return min(ck["epoch"], max(r["epoch"] for r in rows))
 
