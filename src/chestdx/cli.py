@@ -361,7 +361,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from chestdx.serve.app import serve
 
     serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          max_batch=args.max_batch, max_slices=args.max_slices)
+          max_batch=args.max_batch, max_slices=args.max_slices,
+          max_pixels=int(args.max_megapixels * 1e6) if args.max_megapixels else None,
+          max_voxels=int(args.max_megavoxels * 1e6) if args.max_megavoxels else None,
+          max_unzipped_mb=args.max_unzipped_mb, decode_timeout_s=args.decode_timeout,
+          header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
     return 0
 
 
@@ -503,9 +507,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="a model bundle or a run folder")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--max-upload-mb", type=float, default=64.0)
+    s.add_argument("--max-upload-mb", type=float, default=64.0,
+                   help="largest upload, enforced while it streams (413 beyond; default %(default)s)")
     s.add_argument("--max-batch", type=int, default=16, help="most images per shared forward pass")
     s.add_argument("--max-slices", type=int, default=64, help="answer at most this many slices of a scan")
+    s.add_argument("--max-megapixels", type=float, default=None,
+                   help="most decoded pixels of one image, checked before decoding (default: the readers' limit)")
+    s.add_argument("--max-megavoxels", type=float, default=None,
+                   help="most decoded voxels of one scan, checked before decoding (default: the readers' limit)")
+    s.add_argument("--max-unzipped-mb", type=float, default=None,
+                   help="most bytes a zip upload may unpack to (default: the readers' limit)")
+    s.add_argument("--decode-timeout", type=float, default=60.0,
+                   help="seconds an upload may take to decode before a 408 (default %(default)s)")
+    s.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send its request head (default %(default)s)")
+    s.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds the body may pause between chunks before a 408 (default %(default)s)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")

@@ -31,7 +31,7 @@ import torch
 from chestdx.config import Recipe, validate_recipe
 from chestdx.engine.safe_load import read_checkpoint
 from chestdx.errors import ChestdxError, RunError
-from chestdx.utils import write_json, write_text
+from chestdx.utils import fix_tempdir_mode, write_json, write_text
 
 __all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "export_bundle", "is_bundle", "load_bundle", "model_card"]
 
@@ -165,6 +165,7 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    fix_tempdir_mode(tmp)  # mkdtemp makes 0700; the bundle is shared, so it follows the umask
     try:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": str(BUNDLE_FORMAT)})
         write_json(tmp / "bundle.json", info)
@@ -304,6 +305,13 @@ def _metric_line(block: dict[str, Any] | None, key: str) -> str | None:
     return None
 
 
+def _started_from(model: dict[str, Any]) -> str:
+    """Which weights training started from, in words (``model.weights`` of the stored recipe)."""
+    from chestdx.models.backbones import describe_weights
+
+    return describe_weights(model.get("backbone"), model.get("weights"))
+
+
 def model_card(info: dict[str, Any]) -> dict[str, Any]:
     """The model card as a dict: what it is, what it was trained on, how well it did, intended use."""
     training = info.get("training", {})
@@ -317,6 +325,7 @@ def model_card(info: dict[str, Any]) -> dict[str, Any]:
         "class_names": info.get("class_names"),
         "model": info.get("recipe", {}).get("model", {}).get("name"),
         "backbone": info.get("recipe", {}).get("model", {}).get("backbone"),
+        "weights": _started_from(info.get("recipe", {}).get("model", {})),
         "inference": info.get("inference"),
         "preprocessing": info.get("preprocessing"),
         "training_data": {"sources": data.get("sources"), "sites": data.get("site_names"),
@@ -343,6 +352,7 @@ def card_markdown(card: dict[str, Any]) -> str:
              "## What it does",
              f"- Task: {card['task']}; classes: {', '.join(card['class_names'] or [])}",
              f"- Network: {card['model']} ({card['backbone']}); inference: {(card.get('inference') or {}).get('name')}",
+             f"- Started from: {card.get('weights') or 'unknown'}",
              f"- Input: image size {(card.get('preprocessing') or {}).get('image_size')} px, "
              f"HU window {(card.get('preprocessing') or {}).get('hu_window') or 'none'}", "",
              "## Training data"]
