@@ -506,3 +506,118 @@ def test_real_xray_images_and_masks_read(real_data):
     for m in masks[:20]:
         out = read_mask(m)
         assert out.dtype == bool and out.ndim == 2 and out.any()
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR declares ``width x height`` RGBA pixels (the data is never reached)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_pixel_cap_checked_before_decoding(tmp_path):
+    import time
+
+    from chestdx.data.limits import MAX_IMAGE_PIXELS
+
+    assert MAX_IMAGE_PIXELS == 64 * 1024 * 1024
+    (tmp_path / "bomb.png").write_bytes(_png_with_size(50000, 3500))
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match=r"bomb\.png: image \(50000 x 3500\) holds 175,000,000 pixels, more than "
+                                        r"the limit of 67,108,864"):
+        read_image(tmp_path / "bomb.png")
+    assert time.perf_counter() - t0 < 0.5
+    Image.fromarray(_ramp(10, 10)).save(tmp_path / "small.png")
+    with pytest.raises(DataError, match="100 pixels, more than the limit of 99"):
+        read_image(tmp_path / "small.png", max_pixels=99)
+    with pytest.raises(DataError, match="limit of 99"):
+        read_mask(tmp_path / "small.png", max_pixels=99)
+    assert read_image(tmp_path / "small.png", max_pixels=100).shape == (10, 10)
+
+
+def test_pixel_cap_dicom_nifti_npy(tmp_path):
+    p = _write_dicom(tmp_path / "ct.dcm", np.zeros((8, 8), np.uint16))
+    with pytest.raises(DataError, match=r"ct\.dcm: DICOM image .* 64 pixels, more than the limit of 63"):
+        read_image(p, max_pixels=63)
+    frames = np.zeros((5, 4, 4), np.uint16)
+    mf = _write_dicom(tmp_path / "mf.dcm", frames, frames=5)
+    assert read_image(mf, max_pixels=16).shape == (4, 4)  # one frame decoded, not all five
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 40), np.float32), np.eye(4)), tmp_path / "v.nii")
+    assert read_image(tmp_path / "v.nii", max_pixels=30).shape == (5, 6)  # one slice read
+    with pytest.raises(DataError, match="limit of 29"):
+        read_image(tmp_path / "v.nii", max_pixels=29)
+    np.save(tmp_path / "s.npy", np.zeros((50, 3, 4), np.float32))
+    assert read_image(tmp_path / "s.npy", max_pixels=12).shape == (3, 4)
+    with pytest.raises(DataError, match="limit of 11"):
+        read_image(tmp_path / "s.npy", max_pixels=11)
+
+
+def test_npy_header_read_before_the_data(tmp_path):
+    data = np.zeros((2, 2), np.float32)
+    np.save(tmp_path / "a.npy", data)
+    raw = (tmp_path / "a.npy").read_bytes().replace(b"(2, 2)", b"(9, 99)")  # same header length
+    (tmp_path / "lie.npy").write_bytes(raw)
+    with pytest.raises(DataError, match=r"lie\.npy: truncated \.npy array"):
+        read_image(tmp_path / "lie.npy")
+
+
+def _with_text_tag(path: Path, keyword: str, value: str) -> Path:
+    """Rewrite ``path`` with ``keyword`` stored as text (VR LO), whatever its VR should be."""
+    import pydicom
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    ds = pydicom.dcmread(path)
+    tag = tag_for_keyword(keyword)
+    ds[tag] = DataElement(tag, "LO", value)
+    out = path.with_name(f"{keyword}.dcm")
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+@pytest.mark.parametrize("keyword", ["NumberOfFrames", "SamplesPerPixel", "BitsStored", "PixelRepresentation",
+                                     "Rows", "RescaleSlope"])
+@pytest.mark.parametrize("value", ["abc", "1e400", "2.5", "1\\2"])
+def test_non_numeric_dicom_tags_name_the_tag(tmp_path, keyword, value):
+    base = _write_dicom(tmp_path / "base.dcm", np.zeros((3, 3, 3), np.uint16), frames=3,
+                        photometric="MONOCHROME1")
+    p = _with_text_tag(base, keyword, value)
+    if keyword == "RescaleSlope" and value == "2.5":  # a number where any number will do
+        assert read_image(p).shape == (3, 3)
+        return
+    with pytest.raises(DataError, match=rf"{keyword}\.dcm: DICOM tag {keyword} (is not|has 2 values)"):
+        read_image(p)
+
+
+def test_dcm_that_is_not_dicom_refused_before_pydicom(tmp_path):
+    import time
+
+    (tmp_path / "zeros.dcm").write_bytes(bytes(2_000_000))
+    (tmp_path / "fake.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10_000)
+    for name in ("zeros.dcm", "fake.dcm"):
+        t0 = time.perf_counter()
+        with pytest.raises(DataError, match=rf"{name}: not a DICOM file"):
+            read_image(tmp_path / name)
+        assert time.perf_counter() - t0 < 0.2  # pydicom's force=True would take seconds
+
+
+def test_unexpected_errors_become_data_errors(tmp_path, monkeypatch):
+    import chestdx.data.readers as readers
+
+    Image.fromarray(_ramp()).save(tmp_path / "g.png")
+    for exc in (ZeroDivisionError("boom"), MemoryError(), RecursionError("deep")):
+        def broken(*args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(readers, "_read_any", broken)
+        with pytest.raises(DataError, match=rf"g\.png: .*{type(exc).__name__}") as info:
+            read_image(tmp_path / "g.png")
+        assert info.value.path == str(tmp_path / "g.png") and info.value.__cause__ is exc

@@ -128,3 +128,110 @@ def test_bad_inputs_named(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((2, 2, 2), np.nan, np.float32))
     with pytest.raises(DataError, match="NaN"):
         read_volume(tmp_path / "nan.npy")
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+
+def _series_zip(tmp_path, files, name="study.zip", compression=zipfile.ZIP_DEFLATED, extra=None):
+    with zipfile.ZipFile(tmp_path / name, "w", compression=compression) as zf:
+        for f in files:
+            zf.write(f, f"series/{f.name}")
+        for member, data in (extra or {}).items():
+            zf.writestr(member, data)
+    return tmp_path / name
+
+
+def test_default_limits():
+    from chestdx.data import limits
+
+    assert limits.MAX_VOLUME_VOXELS == 128 * 1024 * 1024
+    assert limits.MAX_UNZIPPED_BYTES == 1024**3
+    assert limits.MAX_ZIP_MEMBERS == 4096
+    assert limits.MAX_ZIP_MEMBER_BYTES == 512 * 1024**2
+
+
+def test_voxel_cap_checked_from_the_headers(tmp_path):
+    files = write_series(tmp_path / "s", _stored(d=4))  # 4 x 6 x 7 = 168 voxels
+    with pytest.raises(DataError, match=r"DICOM series \(4 files\) holds 168 voxels, more than the limit of 167"):
+        read_volume(tmp_path / "s", max_voxels=167)
+    assert read_volume(tmp_path / "s", max_voxels=168)[0].shape == (4, 6, 7)
+    with pytest.raises(DataError, match=r"study\.zip: DICOM series .* limit of 100"):
+        read_volume(_series_zip(tmp_path, files), max_voxels=100)
+    np.save(tmp_path / "v.npy", np.zeros((4, 5, 6), np.float32))
+    with pytest.raises(DataError, match=r"v\.npy: array \(4, 5, 6\) holds 120 voxels"):
+        read_volume(tmp_path / "v.npy", max_voxels=119)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), tmp_path / "v.nii.gz")
+    with pytest.raises(DataError, match=r"v\.nii\.gz: NIfTI volume .* 120 voxels"):
+        read_volume(tmp_path / "v.nii.gz", max_voxels=119)
+    write_dicom(tmp_path / "mf.dcm", np.zeros((3, 4, 4), np.uint16), frames=3)
+    with pytest.raises(DataError, match="48 voxels, more than the limit of 47"):
+        read_volume(tmp_path / "mf.dcm", max_voxels=47)
+    (tmp_path / "slices").mkdir()
+    for k in range(3):
+        Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "slices" / f"{k}.png")
+    with pytest.raises(DataError, match=r"slice folder \(3 images\) holds 60 voxels"):
+        read_volume(tmp_path / "slices", max_voxels=59)
+
+
+def test_bad_series_tag_names_the_zip_member_and_tag(tmp_path):
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    files = write_series(tmp_path / "s", _stored(d=3), names="ordered")
+    ds = pydicom.dcmread(files[1])
+    ds[0x00200032] = DataElement(0x00200032, "LO", "x\\y\\z")  # ImagePositionPatient
+    ds.save_as(files[1], enforce_file_format=True)
+    with pytest.raises(DataError, match=r"study\.zip: zip member '1\.dcm': DICOM tag ImagePositionPatient is not a "
+                                        r"number") as info:
+        read_volume(_series_zip(tmp_path, files))
+    assert "chestdx-zip-" not in str(info.value)
+
+
+def test_zip_limits_members_sizes_and_methods(tmp_path):
+    files = write_series(tmp_path / "s", _stored(d=3))
+    z = _series_zip(tmp_path, files)
+    with pytest.raises(DataError, match="zip holds 3 files, more than the limit of 2"):
+        read_volume(z, max_zip_members=2)
+    size = files[0].stat().st_size
+    with pytest.raises(DataError, match="per file"):
+        read_volume(z, max_member_bytes=size - 1)
+    with pytest.raises(DataError, match="more than the limit"):
+        read_volume(z, max_unzipped_bytes=3 * size - 1)
+    with zipfile.ZipFile(tmp_path / "bz.zip", "w", compression=zipfile.ZIP_BZIP2) as zf:
+        zf.write(files[0], files[0].name)
+    with pytest.raises(DataError, match="compression method 12; only stored and deflate"):
+        read_volume(tmp_path / "bz.zip")
+
+
+def test_zip_corrupt_deflate_and_lying_sizes_are_data_errors(tmp_path):
+    files = write_series(tmp_path / "s", _stored(d=3))
+    raw = bytearray(_series_zip(tmp_path, files).read_bytes())
+    local = raw.find(b"PK\x03\x04")
+    name_len = int.from_bytes(raw[local + 26:local + 28], "little")
+    start = local + 30 + name_len
+    raw[start + 10:start + 20] = b"\xff" * 10  # garbage inside the first member's deflate stream
+    (tmp_path / "corrupt.zip").write_bytes(raw)
+    with pytest.raises(DataError, match=r"corrupt\.zip: .*zip member 'series/") as info:
+        read_volume(tmp_path / "corrupt.zip")
+    assert "chestdx-zip-" not in str(info.value)
+    lying = bytearray(_series_zip(tmp_path, files, "lying.zip").read_bytes())
+    cd = lying.find(b"PK\x01\x02")
+    lying[cd + 24:cd + 28] = (10).to_bytes(4, "little")  # the first member "unpacks to 10 bytes"
+    (tmp_path / "lying.zip").write_bytes(lying)
+    with pytest.raises(DataError, match=r"lying\.zip"):
+        read_volume(tmp_path / "lying.zip")
+
+
+def test_zip_members_that_are_not_dicom_skipped_without_parsing(tmp_path):
+    import time
+
+    files = write_series(tmp_path / "s", _stored(d=3), intercept=-1000.0)
+    z = _series_zip(tmp_path, files, extra={f"junk{k}.dcm": bytes(8192) for k in range(8)})
+    t0 = time.perf_counter()
+    vol, meta = read_volume(z)
+    assert time.perf_counter() - t0 < 2.0  # pydicom's force=True parses zeros at ~1 s/MB
+    assert vol.shape == (3, 6, 7)
+    reasons = dict(meta.skipped)
+    assert sorted(reasons) == [f"junk{k}.dcm" for k in range(8)]
+    assert all("not a DICOM file" in why and "chestdx-zip-" not in why for why in reasons.values())

@@ -883,7 +883,7 @@ def _attempt(tally: Tally, label: str, fn: Callable[..., Any], args: tuple[Any, 
         result = False
     except BaseException as e:  # noqa: BLE001 - exactly what must not happen
         dt = time.perf_counter() - t0
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        if isinstance(e, (KeyboardInterrupt, SystemExit, pytest.fail.Exception)):  # e.g. pytest-timeout
             raise
         tally.problems.append(f"{label}: ESCAPED {type(e).__name__}: {str(e)[:200]}")
         result = False

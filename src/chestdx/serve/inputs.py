@@ -29,7 +29,7 @@ from chestdx.data.limits import (
     check_size,
     guard_reader,
 )
-from chestdx.errors import DataError
+from chestdx.errors import ChestdxError, DataError
 
 __all__ = ["Study", "load_study", "sniff_bytes", "study_from_bytes", "SUPPORTED_UPLOADS"]
 
@@ -215,6 +215,8 @@ def study_from_bytes(data: bytes, filename: str, hu_window: tuple[float, float] 
                 study = load_study(p, hu_window=hu_window, name=filename, max_pixels=px, max_voxels=vx)
         except DataError as e:  # name the upload, not the temporary file
             raise DataError(filename, clean(e.problem)) from None
+        except ChestdxError:  # e.g. ConfigError: a bad hu_window is the caller's, not the upload's
+            raise
         except Exception as e:  # noqa: BLE001 - e.g. the disk is full; never show the temporary path
             raise DataError(filename, f"cannot read the upload ({type(e).__name__}: {clean(str(e))})") from None
         study.meta["source"] = filename
@@ -268,6 +270,8 @@ def expand_inputs(inputs: Any, scan_folders: bool = False) -> list[str]:
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) and not hasattr(inputs, "__iter__"):
+        raise DataError(str(inputs), f"expected paths, got a {type(inputs).__name__}")
     out: list[str] = []
     for item in inputs:
         if not isinstance(item, (str, Path)):
