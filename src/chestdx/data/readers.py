@@ -409,8 +409,11 @@ def _tag_value(ds: Any, path: Path, keyword: str) -> Any:
             value = ds.get(keyword, None)
     except Exception as e:  # noqa: BLE001 - pydicom converts raw values on access
         raise DataError(path, f"DICOM tag {keyword} cannot be read ({type(e).__name__}: {e})") from None
-    if value is None or (isinstance(value, (str, bytes)) and not value.strip(b" \x00" if isinstance(value, bytes)
-                                                                             else " \x00")):
+    if value is None:
+        return None
+    if isinstance(value, bytes) and not value.strip(b" \x00"):
+        return None
+    if isinstance(value, str) and not value.strip(" \x00"):
         return None
     return value
 

@@ -318,7 +318,8 @@ def _check_zip_directory(path: Path, max_members: int) -> None:
         return
     if not rec:
         return
-    entries, cd_size = int(rec[zipfile._ECD_ENTRIES_TOTAL]), int(rec[zipfile._ECD_SIZE])
+    entries = int(rec[getattr(zipfile, "_ECD_ENTRIES_TOTAL", 4)])
+    cd_size = int(rec[getattr(zipfile, "_ECD_SIZE", 5)])
     if entries > 2 * max_members:
         raise DataError(path, f"zip holds {entries:,} entries, more than the limit of {max_members:,} files")
     if cd_size > 2 * max_members * 1024 + 65536:
