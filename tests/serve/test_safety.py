@@ -252,3 +252,33 @@ def test_predict_answers_every_good_input_around_bad_ones(bundle, phantom_png, t
     assert all((tmp_path / "ov" / o).is_file() for o in overlays)
     err = capsys.readouterr().err
     assert "bad.png" in err and "simulated reader bug" in err
+
+
+def test_upload_folders_of_a_killed_server_are_removed_at_start(predictor_for_app, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from chestdx.serve.app import create_app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"chestdx-upload-{int(dead.stdout)}-abc"
+    (orphan / "x").mkdir(parents=True)
+    (orphan / "x" / "upload.dcm").write_bytes(b"scan")
+    alive = tmp_path / "chestdx-upload-1-keep"  # pid 1 runs: another live server's folder
+    alive.mkdir()
+    foreign = tmp_path / "chestdx-upload-notapid"
+    foreign.mkdir()
+    with TestClient(create_app(predictor_for_app)) as c:
+        assert c.get("/health").status_code == 200
+    assert not orphan.exists() and alive.exists() and foreign.exists()
+
+
+@pytest.fixture(scope="module")
+def predictor_for_app(bundle):
+    from chestdx.serve.predictor import Predictor
+
+    return Predictor(bundle)

@@ -1,5 +1,14 @@
-"""Using a trained model: predict files from Python, the command line and (later) a web service."""
+"""Using a trained model: bundles, the predictor (Python and ``chestdx predict``), HTML reports and
+the web service. Imports are lazy: ``import chestdx.serve.inputs`` does not load torch."""
 
-from chestdx.serve.predictor import Prediction, Predictor
+from typing import Any
 
 __all__ = ["Prediction", "Predictor"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from chestdx.serve import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'chestdx.serve' has no attribute {name!r}")

@@ -47,7 +47,7 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse
 
 from chestdx.errors import ChestdxError, ConfigError, DataError
-from chestdx.serve.inputs import UnsupportedType, study_from_bytes
+from chestdx.serve.inputs import UnsupportedType, remove_orphan_uploads, study_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,8 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
+        for d in remove_orphan_uploads():
+            log.info("removed %s, left by a server that was killed mid-request", d)
         yield
         batcher.close()
         decoder.shutdown(wait=False, cancel_futures=True)
@@ -389,17 +391,22 @@ def _safe_name(filename: str | None) -> str:
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, header_timeout_s: float = 10.0,
-          keepalive_s: float = 5.0, **kwargs: Any) -> None:
+          keepalive_s: float = 5.0, speed: str | None = None, **kwargs: Any) -> None:
     """Load the model and run the service with uvicorn until interrupted.
 
     Connections that send no complete request head within ``header_timeout_s`` (idle, or trickling
     their headers) are closed, and so are keep-alive connections idle for ``keepalive_s``.
+    ``speed``: execution mode setting (default the recipe's ``inference.speed``; see
+    :mod:`chestdx.engine.precision`), resolved before the service starts (``auto`` measures once per
+    machine), for single images and for batches of ``max_batch``.
     """
     import uvicorn
 
     from chestdx.serve.predictor import Predictor
 
-    app = create_app(Predictor(model_path), **kwargs)
+    predictor = Predictor(model_path, speed=speed)
+    log.info("execution modes: %s", predictor.resolve_speed((1, int(kwargs.get("max_batch", 16)))))
+    app = create_app(predictor, **kwargs)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", http=header_timeout_protocol(header_timeout_s),
                             timeout_keep_alive=int(max(1, keepalive_s)), h11_max_incomplete_event_size=64 * 1024)
     uvicorn.Server(config).run()

@@ -13,6 +13,7 @@ of an unknown kind) whatever they are given. Sizes are checked before decoding a
 
 from __future__ import annotations
 
+import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ def study_from_bytes(data: bytes, filename: str, hu_window: tuple[float, float] 
                               "NIfTI, .npy or a zip of a DICOM series")
     px = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     vx = MAX_VOLUME_VOXELS if max_voxels is None else max_voxels
-    with tempfile.TemporaryDirectory(prefix="chestdx-upload-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-") as tmp:
         p = Path(tmp) / f"upload{_SUFFIX[kind]}"
 
         def clean(text: str) -> str:
@@ -221,6 +222,44 @@ def study_from_bytes(data: bytes, filename: str, hu_window: tuple[float, float] 
             raise DataError(filename, f"cannot read the upload ({type(e).__name__}: {clean(str(e))})") from None
         study.meta["source"] = filename
     return study
+
+
+#: Prefix of the private temporary folders uploads are read in; the server's process id follows, so
+#: the folders of a killed server can be told from those of a running one.
+UPLOAD_PREFIX = "chestdx-upload-"
+
+
+def remove_orphan_uploads(tmpdir: str | Path | None = None) -> list[Path]:
+    """Delete upload folders left in the temporary folder by a server that was killed mid-request
+    (their process no longer runs); folders of running servers are kept. Returns what was removed.
+    Called when the web service starts."""
+    import shutil
+
+    root = Path(tmpdir or tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for d in entries:
+        if not d.name.startswith(UPLOAD_PREFIX) or not d.is_dir() or d.is_symlink():
+            continue
+        pid_text = d.name[len(UPLOAD_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue  # not named by this chestdx: leave it
+        pid = int(pid_text)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # that server still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # someone else's live process
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 class UnsupportedType(DataError):
