@@ -33,22 +33,38 @@ def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return deep_merge(parse_overrides(items), parse_overrides(args.set or []))
 
 
+def _positive(kind: type) -> Any:
+    """An argparse type: a number of ``kind`` above zero (the flag is named in argparse's error)."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return v
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_train_overrides(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe overrides")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--image-size", type=int)
+    g.add_argument("--epochs", type=_positive(int), help="training epochs (trainer.epochs)")
+    g.add_argument("--image-size", type=_positive(int), help="input side in px (data.image_size)")
     g.add_argument("--backbone", help="resnet18 | resnet34 | resnet50 | ...")
     g.add_argument("--weights", help="imagenet | none | PATH to a state dict")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--num-workers", type=int)
+    g.add_argument("--batch-size", type=_positive(int), help="images per batch (data.batch_size)")
+    g.add_argument("--lr", type=_positive(float), help="learning rate (optim.lr)")
+    g.add_argument("--seed", type=int, help="random seed of splits, initialisation and augmentation (seed)")
+    g.add_argument("--num-workers", type=int, help="data-loader worker processes (data.num_workers)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any recipe key, e.g. --set optim.weight_decay=1e-4 (repeatable)")
     h = p.add_argument_group("hardware (passed to Lightning)")
     h.add_argument("--accelerator", help="cpu | gpu | auto")
     h.add_argument("--devices", help="number of devices or 'auto'")
-    h.add_argument("--num-nodes", type=int)
+    h.add_argument("--num-nodes", type=int, help="machines for DDP (trainer.num_nodes)")
     h.add_argument("--strategy", help="e.g. ddp")
     h.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed")
 
@@ -207,9 +223,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     lines = []
     overlays = args.overlays
     answers = predictor.predict_files(inputs, heatmap=overlays is not None, errors=errors,
-                                      aggregate=args.aggregate, max_slices=args.max_slices)
-    bar = tqdm(answers, total=len(inputs), unit="input", disable=None if len(inputs) > 1 else True,
-               file=sys.stderr)
+                                      aggregate=args.scan_aggregate, max_slices=args.max_slices,
+                                      series_uid=args.series_uid)
+    # a bar only for several inputs on a terminal (disable=None: tqdm turns itself off off a tty)
+    bar = tqdm(answers, total=len(inputs), unit="input", file=sys.stderr,
+               disable=True if args.no_progress or len(inputs) <= 1 else None)
     names = OutputNames()
     for pred in bar:
         rec = pred.to_json()
@@ -352,7 +370,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from chestdx.serve.report import write_study_report
 
     predictor = Predictor(args.model, procedure=args.procedure)
-    out = write_study_report(predictor, args.input, args.out, aggregate=args.aggregate, max_slices=args.max_slices)
+    out = write_study_report(predictor, args.input, args.out, aggregate=args.scan_aggregate,
+                             max_slices=args.max_slices, series_uid=args.series_uid)
     print(f"report: {out}")
     return 0
 
@@ -377,25 +396,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """argparse help that shows each option's default (where it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chestdx", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"chestdx {__version__}")
+    p = argparse.ArgumentParser(prog="chestdx", formatter_class=_Help,
+                                description=__doc__.splitlines()[0] + "\n\nEvery subcommand has its own --help.")
+    p.add_argument("--version", action="version", version=f"chestdx {__version__}", help="print the version")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:  # every page shows its defaults
+        return _add_parser(name, formatter_class=_Help, description=kw.get("help"), **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("synth", help="make a labelled synthetic chest phantom data set")
-    s.add_argument("--out", required=True)
-    s.add_argument("--kind", default="slice", choices=["slice", "sequence", "volume", "cxr"])
-    s.add_argument("--classes", type=int, default=3, choices=[2, 3])
-    s.add_argument("--sites", type=int, default=1)
+    s.add_argument("--out", required=True, help="folder to write the images and manifest.csv into")
+    s.add_argument("--kind", default="slice", choices=["slice", "sequence", "volume", "cxr"], help="what to make: CT slices, slice sequences, 3D volumes or chest X-rays")
+    s.add_argument("--classes", type=int, default=3, choices=[2, 3], help="2: COVID vs non-COVID; 3: normal / pneumonia / COVID-19")
+    s.add_argument("--sites", type=int, default=1, help="sites, each with its own scanner (noise, resolution, window, field of view)")
     s.add_argument("--patients", type=int, default=40, help="patients per class and site")
     s.add_argument("--slices-per-patient", type=int,
                    help="slices per patient (default 2); --kind sequence: slices per scan (default 20); "
                         "--kind volume: slices per volume (default --size / 2)")
     s.add_argument("--min-slices", type=int,
                    help="--kind sequence: draw each scan's slice count in [MIN, --slices-per-patient]")
-    s.add_argument("--size", type=int, default=128)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=128, help="image side in px")
+    s.add_argument("--seed", type=int, default=0, help="the same seed writes the same data")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("recipes", help="list the shipped recipes")
@@ -411,24 +447,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: apply overrides that change OUT/recipe.yaml (recorded in the run folder)")
     s.add_argument("--folds", type=int, help="patient-grouped k-fold: one run per fold in OUT/fold<f>")
     s.add_argument("--fold", type=int, help="with --folds: train only this fold")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
     _add_train_overrides(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="metrics with 95%% intervals, confusion matrix, ROC")
-    s.add_argument("run")
+    s.add_argument("run", help="a run folder (`chestdx train --out RUN`)")
     s.add_argument("--data", nargs="+", help="evaluate on other data (default: the run's own split)")
-    s.add_argument("--split", default="test")
+    s.add_argument("--split", default="test", help="which split of the run's samples to score")
     s.add_argument("--out", help="output folder (default RUN/eval-SPLIT)")
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
-    s.add_argument("--aggregate", choices=["mean", "max", "majority"], help="also patient-level metrics")
+    s.add_argument("--aggregate", choices=["mean", "max", "majority"],
+                   help="also patient-level metrics: each patient's slice probabilities combined this way")
     s.add_argument("--scan-aggregate", choices=["mean", "max", "majority"],
                    help="also one answer per scan from the slice answers (scans.csv; scan ids from file names)")
     s.add_argument("--seg-data", nargs="+", help="task lesion: segmentation data whose --split images are "
                    "scored for mask AP (default: the run's own segmentation split)")
-    s.add_argument("--n-boot", type=int, default=1000)
-    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="answer images and scans: JSON lines of class probabilities")
@@ -442,71 +479,75 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write JSON lines here instead of stdout")
     s.add_argument("--lesion-threshold", type=float, default=0.5,
                    help="lesion models: list and draw detections scoring at least this (default 0.5)")
-    s.add_argument("--aggregate", default="mean", choices=["mean", "majority", "max"],
-                   help="how slice answers make a scan's answer")
+    s.add_argument("--scan-aggregate", default="mean", choices=["mean", "majority", "max"],
+                   help="how a slice model's slice answers make a scan's answer")
+    s.add_argument("--series-uid", help="a folder holding several DICOM series: answer this SeriesInstanceUID")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--max-slices", type=int, help="answer at most this many evenly spaced slices per scan")
     s.add_argument("--scan-folders", action="store_true",
                    help="treat each folder of slice images as one scan (COV19-CT-DB layout)")
-    s.add_argument("--procedure")
-    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("ensemble", help="inter-model ensemble: average several runs' probabilities and score "
                                         "them (CMC-COV19D Model5)")
     s.add_argument("runs", nargs="+", help="run folders")
     s.add_argument("--data", nargs="+", help="data to score (default: the first run's own samples)")
-    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to score")
     s.add_argument("--out", help="output folder (default RUN1/ensemble-SPLIT)")
     s.add_argument("--procedure", help="inference procedure for every run, e.g. intra_ensemble "
                                        "(default: each run's own)")
     s.add_argument("--params", help='procedure parameters as JSON, e.g. \'{"views": 3, "depth": 64}\'')
-    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    s.add_argument("--n-boot", type=int, default=1000)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
     s.set_defaults(func=cmd_ensemble)
 
     s = sub.add_parser("table", help="train recipes x seeds, evaluate per site, write a paper-style table")
     s.add_argument("recipes", nargs="+", help="recipe names or paths (the table's rows)")
     s.add_argument("--data", nargs="+", required=True, help="one folder / CSV per site")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--out", required=True, help="folder for the runs, their evaluations and table.md")
+    s.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (each row is mean +- std over them)")
     s.add_argument("--folds", type=int, help="k-fold cross-validation by patient instead of seeds (MAG-SD: 5)")
     s.add_argument("--metrics", nargs="+", default=["accuracy", "precision", "recall", "f1"],
                    help="table columns (e.g. accuracy macro_f1 for CMC-COV19D's Table 1)")
-    s.add_argument("--n-boot", type=int, default=200)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the 95%% intervals")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
     _add_train_overrides(s)
     s.set_defaults(func=cmd_table)
 
     s = sub.add_parser("sweep-voting", help="Figure 3 of the cam-snapmix paper: voting accuracy vs k and theta")
-    s.add_argument("run")
-    s.add_argument("--k", type=int, nargs="+", default=[1, 5, 11, 21, 31])
-    s.add_argument("--theta", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4])
+    s.add_argument("run", help="a run folder (`chestdx train --out RUN`)")
+    s.add_argument("--k", type=int, nargs="+", default=[1, 5, 11, 21, 31], help="numbers of masked copies to try")
+    s.add_argument("--theta", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4], help="masking thresholds to try")
     s.add_argument("--cell", type=int, help="cell side in px (default: the recipe's, 8 at 224 px)")
-    s.add_argument("--split", default="test")
+    s.add_argument("--split", default="test", help="which split to score")
     s.add_argument("--out", help="output folder (default RUN/voting-sweep)")
     s.set_defaults(func=cmd_sweep_voting)
 
     s = sub.add_parser("export", help="write a model bundle (weights, recipe, card) from a trained run")
-    s.add_argument("run")
+    s.add_argument("run", help="a run folder (`chestdx train --out RUN`)")
     s.add_argument("--out", required=True, help="the bundle folder to create")
-    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("report", help="one self-contained HTML page for one study: answer, heatmaps, model card")
     s.add_argument("model", help="a model bundle or a run folder")
     s.add_argument("input", help="an image, DICOM file or series folder, NIfTI, zip or folder of slices")
     s.add_argument("--out", required=True, help="the .html file to write")
-    s.add_argument("--aggregate", default="mean", choices=["mean", "majority", "max"])
+    s.add_argument("--scan-aggregate", default="mean", choices=["mean", "majority", "max"],
+                   help="how a slice model's slice answers make a scan's answer")
+    s.add_argument("--series-uid", help="a folder holding several DICOM series: answer this SeriesInstanceUID")
     s.add_argument("--max-slices", type=int, default=64, help="answer at most this many slices of a scan")
-    s.add_argument("--procedure")
+    s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("serve", help="web service: POST /predict, GET /health, GET /model, a page at /")
     s.add_argument("model", help="a model bundle or a run folder")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--max-upload-mb", type=float, default=64.0,
                    help="largest upload, enforced while it streams (413 beyond; default %(default)s)")
     s.add_argument("--max-batch", type=int, default=16, help="most images per shared forward pass")
@@ -526,17 +567,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")
-    s.add_argument("--out", default="demo_out")
+    s.add_argument("--out", default="demo_out", help="folder for the demo's phantom, run, evaluation, report and bundle")
     s.add_argument("--quick", action="store_true", help="a smaller, faster demo (for tests)")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
     s.set_defaults(func=cmd_demo)
     return p
+
+
+def _must_exist(paths: Sequence[str] | None, flag: str) -> None:
+    for item in paths or []:
+        if not Path(item).exists():
+            raise ChestdxError(f"{flag}: {item} not found")
+
+
+def _precheck(args: argparse.Namespace) -> None:
+    """Check what can be checked without torch: recipe names, override keys and values, and the
+    paths given, so that a mistake is reported in well under 2 s (torch, Lightning and MONAI take
+    10 s and more to import on a small machine). Raises ChestdxError / ConfigError."""
+    from chestdx.config import load_recipe
+
+    cmd = args.command
+    if cmd in ("train", "table"):
+        over = _overrides_from_args(args)
+        if cmd == "train" and args.resume and (Path(args.out) / "recipe.yaml").is_file():
+            load_recipe(Path(args.out) / "recipe.yaml", over)
+        for name in ([args.recipe] if cmd == "train" else args.recipes):
+            load_recipe(name, over)
+        if cmd == "train" and not args.data and not args.resume:
+            raise ChestdxError("--data is required (one folder / CSV / label file per site), unless --resume "
+                               "continues a run with its own samples.csv")
+        _must_exist(args.data, "--data")
+    elif cmd in ("evaluate", "sweep-voting", "export"):
+        _must_exist([args.run], "RUN")
+        _must_exist(getattr(args, "data", None), "--data")
+    elif cmd == "ensemble":
+        _must_exist(args.runs, "RUN")
+        _must_exist(args.data, "--data")
+    elif cmd in ("predict", "report", "serve"):
+        _must_exist([args.model], "MODEL")
+        _must_exist(args.inputs if cmd == "predict" else [args.input] if cmd == "report" else [], "INPUT")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the exit status (0 ok, 1 some inputs failed, 2 user error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _precheck(args)
+    except ChestdxError as e:
+        print(f"chestdx {args.command}: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

@@ -27,7 +27,7 @@ def test_export_predict_report(tiny_run, series_dir, phantom_png, tmp_path, caps
     capsys.readouterr()
     out = tmp_path / "answers.jsonl"
     rc = main(["predict", str(model), str(inputs), str(tmp_path / "study.zip"), str(bad), "--out", str(out),
-               "--overlays", str(tmp_path / "ov"), "--aggregate", "max", "--max-slices", "4"])
+               "--overlays", str(tmp_path / "ov"), "--scan-aggregate", "max", "--max-slices", "4"])
     err = capsys.readouterr().err
     assert rc == 1 and "bad.png" in err and "1 of 6 inputs failed" in err
     lines = [json.loads(x) for x in out.read_text().splitlines()]

@@ -190,7 +190,8 @@ def _dicom_files(paths: list[Path], folder: Path, series_uid: str | None
     if len(by_series) > 1:
         listing = "; ".join(f"{uid or '(no SeriesInstanceUID)'}: {len(v)} files" for uid, v in sorted(by_series.items()))
         raise DataError(folder, f"holds {len(by_series)} DICOM series mixed together ({listing}); "
-                        "put each series in its own folder or pick one with series_uid")
+                        "put each series in its own folder or pick one (`chestdx predict --series-uid UID`, "
+                        "read_volume(series_uid=UID))")
     uid, files = next(iter(by_series.items()))
     return files, skipped, uid or None
 

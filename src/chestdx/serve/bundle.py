@@ -87,10 +87,23 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def _metrics_summary(run_path: Path) -> dict[str, Any] | None:
+    """The test metrics of the run's latest evaluation on its own test split (``RUN/eval-test`` or
+    wherever ``evaluations.json`` says ``chestdx evaluate --out`` wrote them), or None."""
     f = run_path / "eval-test" / "metrics.json"
+    rec = run_path / "evaluations.json"
+    if rec.is_file():
+        try:
+            where = json.loads(rec.read_text()).get("test")
+            if where and Path(where).is_file() and (not f.is_file() or Path(where).stat().st_mtime > f.stat().st_mtime):
+                f = Path(where)
+        except (OSError, ValueError, AttributeError):
+            pass
     if not f.is_file():
         return None
-    res = json.loads(f.read_text())
+    try:
+        res = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
     return {"split": res.get("split"), "procedure": res.get("procedure"), "n_images": res.get("n_images"),
             "overall": res.get("overall"), "sites": res.get("sites")}
 
@@ -117,6 +130,38 @@ def _self_contained(recipe: dict[str, Any]) -> dict[str, Any]:
                              "num_classes": enc_recipe.data.num_classes, "image_size": enc_recipe.data.image_size}
         params.pop("precompute_embeddings", None)  # a training-time shortcut; a bundle answers images
     return recipe
+
+
+def input_profile(run: Any, max_images: int = 128) -> dict[str, Any] | None:
+    """The training images' input statistics (:func:`chestdx.serve.ood.build_profile`) over up to
+    ``max_images`` evenly spaced training samples, preprocessed as the predictor does; None for 3D
+    and sequence models, or when the training images are no longer where ``samples.csv`` says."""
+    import logging
+
+    import numpy as np
+
+    from chestdx.data.transforms import LoadPreprocess
+    from chestdx.errors import ChestdxError
+    from chestdx.serve.ood import build_profile
+
+    if run.recipe.task not in ("slice", "cxr", "lesion"):
+        return None
+    try:
+        train = [s for s in run.samples() if s.split == "train"]
+    except ChestdxError:
+        return None
+    if not train:
+        return None
+    pick = [train[int(i)] for i in np.unique(np.linspace(0, len(train) - 1, min(max_images, len(train))).round())]
+    pre = LoadPreprocess(run.recipe.data)
+    images = []
+    for s in pick:
+        try:
+            images.append(pre({"path": s.path, "box": s.box, "mask": None})["image"][0].numpy())
+        except Exception as e:  # noqa: BLE001 - a moved data set: no profile, say why
+            logging.getLogger(__name__).warning("no input profile in the bundle: %s unreadable (%s)", s.path, e)
+            return None
+    return build_profile(images)
 
 
 def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: bool = False) -> Path:
@@ -162,6 +207,7 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
         "class_counts": hp.get("class_counts"),
         "recipe": _self_contained(run.recipe.model_dump(mode="json")),
         "training": {"data": data, "run": train_info, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch")},
+        "input_profile": input_profile(run),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -325,6 +371,7 @@ def model_card(info: dict[str, Any]) -> dict[str, Any]:
         "class_names": info.get("class_names"),
         "model": info.get("recipe", {}).get("model", {}).get("name"),
         "backbone": info.get("recipe", {}).get("model", {}).get("backbone"),
+        "input_profile": info.get("input_profile"),
         "weights": _started_from(info.get("recipe", {}).get("model", {})),
         "inference": info.get("inference"),
         "preprocessing": info.get("preprocessing"),
@@ -348,7 +395,12 @@ def model_card(info: dict[str, Any]) -> dict[str, Any]:
 
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card as markdown."""
-    lines = [f"# Model card: {card['name']}", "", f"**{card['warning']}**", "", card.get("description") or "", "",
+    pre = card.get("preprocessing") or {}
+    as_trained = (f"As trained: {card['model']} on {card['backbone']}, {pre.get('image_size')} px input, "
+                  f"started from {card.get('weights') or 'unknown weights'}.")
+    described = f"Recipe `{card['name']}`: {card['description']} (the recipe's own words, before overrides). " \
+        if card.get("description") else ""
+    lines = [f"# Model card: {card['name']}", "", f"**{card['warning']}**", "", described + as_trained, "",
              "## What it does",
              f"- Task: {card['task']}; classes: {', '.join(card['class_names'] or [])}",
              f"- Network: {card['model']} ({card['backbone']}); inference: {(card.get('inference') or {}).get('name')}",

@@ -86,7 +86,8 @@ def _study_label(x: Any, hu_window: Any = None, name: Any = None, **kwargs: Any)
 
 @guard_reader(_study_label)
 def load_study(x: Any, hu_window: tuple[float, float] | None = None, name: str | None = None, *,
-               max_pixels: int | None = MAX_IMAGE_PIXELS, max_voxels: int | None = MAX_VOLUME_VOXELS) -> Study:
+               max_pixels: int | None = MAX_IMAGE_PIXELS, max_voxels: int | None = MAX_VOLUME_VOXELS,
+               series_uid: str | None = None) -> Study:
     """Read ``x`` into a :class:`Study`.
 
     Args:
@@ -110,7 +111,7 @@ def load_study(x: Any, hu_window: tuple[float, float] | None = None, name: str |
         if not p.exists():
             raise DataError(p, "not found")
         if is_volume_input(p):
-            vol, meta = read_volume(p, hu_window=hu_window, max_voxels=max_voxels)
+            vol, meta = read_volume(p, hu_window=hu_window, max_voxels=max_voxels, series_uid=series_uid)
             return Study(name or p.name, vol, "volume", meta.to_json())
         return Study(name or p.name, read_image(p, hu_window=hu_window, max_pixels=max_pixels), "image")
     try:

@@ -17,6 +17,7 @@ _PAGE_CSS = """
 #drop{border:3px dashed #4a78c2;border-radius:8px;padding:2.5em;text-align:center;cursor:pointer;max-width:560px}
 #drop.over{background:#eef3fb}
 .warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em;border-radius:4px}
+#ood:empty{display:none}
 #answer{font-size:1.6em;font-weight:600;margin:.4em 0}
 #error{color:#b00020;font-weight:600}
 .bar{background:#4a78c2;height:12px;display:inline-block}
@@ -30,6 +31,7 @@ const status = document.getElementById('status');
 function reset() {
   document.getElementById('answer').textContent = '';
   document.getElementById('error').textContent = '';
+  document.getElementById('ood').textContent = '';
   document.getElementById('probs').innerHTML = '';
   document.getElementById('overlay').style.display = 'none';
 }
@@ -53,6 +55,7 @@ async function send(file) {
     return;
   }
   document.getElementById('answer').textContent = data.label;
+  document.getElementById('ood').textContent = data.warning ? 'Warning: ' + data.warning : '';
   const rows = Object.entries(data.probs).map(([c, p]) =>
     '<tr><td>' + c + '</td><td>' + (100 * p).toFixed(1) + '%</td><td><span class="bar" style="width:' +
     Math.round(200 * p) + 'px"></span></td></tr>');
@@ -96,6 +99,7 @@ DICOM series, up to {max_upload_mb:g} MB), or click to choose one.</div>
 <p id="status"></p>
 <p id="error"></p>
 <p id="answer"></p>
+<p id="ood" class="warn"></p>
 <table id="probs"></table>
 <img id="overlay" alt="heatmap overlay">
 <script>{_SCRIPT}</script>

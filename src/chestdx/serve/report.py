@@ -114,6 +114,9 @@ def study_report(answer: Any, card: dict[str, Any], class_names: list[str]) -> s
              "change a diagnosis or a treatment decision; a qualified reader must check it against the images.</p>",
              "<section><h2>Answer</h2>",
              f'<p class="answer" id="answer">{html.escape(answer.label)}</p>', _bars(answer.probs)]
+    warning = getattr(answer, "warning", None) or getattr(answer, "details", {}).get("warning")
+    if warning:
+        parts.append(f'<p class="warn" id="ood">Warning: {html.escape(warning)}</p>')
     if is_scan:
         parts.append(f"<p>Scan of {len(answer.slices)} answered slices; scan answer = {answer.aggregation} of the "
                      "slice answers.</p>")
@@ -131,11 +134,11 @@ def study_report(answer: Any, card: dict[str, Any], class_names: list[str]) -> s
 
 
 def write_study_report(predictor: Any, x: Any, out: str | Path, aggregate: str = "mean",
-                       max_slices: int | None = 64) -> Path:
+                       max_slices: int | None = 64, series_uid: str | None = None) -> Path:
     """Answer ``x`` with ``predictor`` (heatmaps on) and write its report page atomically.
 
     Raises:
         DataError: unreadable input (names it).
     """
-    answer = predictor.predict(x, heatmap=True, aggregate=aggregate, max_slices=max_slices)
+    answer = predictor.predict(x, heatmap=True, aggregate=aggregate, max_slices=max_slices, series_uid=series_uid)
     return write_html(out, study_report(answer, predictor.card, predictor.class_names))
