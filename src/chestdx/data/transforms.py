@@ -23,6 +23,8 @@ from chestdx.config import AugmentConfig, DataConfig
 from chestdx.errors import ChestdxError, DataError
 
 IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = 0.449, 0.226
+# timm's IMAGENET_INCEPTION_MEAN / STD (0.5 on each RGB channel): the EfficientNet-Lite weights' scale
+INCEPTION_MEAN, INCEPTION_STD = 0.5, 0.5
 
 
 def crop_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
@@ -60,13 +62,16 @@ def clahe(image: np.ndarray, clip: float = 0.01, tile: int = 8) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, how: str) -> np.ndarray:
-    """``zscore`` (per image: zero mean, unit variance), ``unit`` (as is) or ``imagenet``."""
+    """``zscore`` (per image: zero mean, unit variance), ``unit`` (as is), ``imagenet`` (grey ImageNet
+    mean / std) or ``inception`` (``(x - 0.5) / 0.5``: [0, 1] -> [-1, 1])."""
     if how == "zscore":
         x = image.astype(np.float64)  # float32 statistics overflow for values near its limits
         std = float(x.std())
         return ((x - x.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
     if how == "imagenet":
         return ((image - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD).astype(np.float32)
+    if how == "inception":
+        return ((image - INCEPTION_MEAN) / INCEPTION_STD).astype(np.float32)
     return image.astype(np.float32, copy=False)
 
 

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from chestdx.errors import ConfigError
-from chestdx.models.backbones import backbone_names, build_resnet, imagenet_weight_file
+from chestdx.models.backbones import (
+    Backbone,
+    backbone_names,
+    build_backbone,
+    build_resnet,
+    imagenet_weight_file,
+    known_backbones,
+)
 from chestdx.models.base import ChestModel, ModelOutput
 from chestdx.models.classifier import ResNetMLP
 from chestdx.models.inflate import Inflated3DNet, inflate_2d_to_3d
@@ -35,13 +42,25 @@ def model_names() -> list[str]:
 def build_model(cfg: Any, num_classes: int, in_chans: int = 1) -> ChestModel:
     """Build the network a recipe's ``model`` section describes.
 
+    ``cfg.freeze_stages`` (N > 0, or -1 for all) freezes the backbone's stem and first N stages
+    (see :meth:`Backbone.freeze_stages`).
+
     Raises:
-        ConfigError: unknown model name (lists the known ones).
+        ConfigError: unknown model name (lists the known ones), or freezing asked of a model without
+            a :class:`Backbone`.
         WeightsNotFoundError: pretrained weights asked for but absent.
     """
     if cfg.name not in _BUILDERS:
         raise ConfigError(f"unknown model '{cfg.name}'; choose one of {model_names()}")
-    return _BUILDERS[cfg.name](cfg, num_classes=num_classes, in_chans=in_chans)
+    model = _BUILDERS[cfg.name](cfg, num_classes=num_classes, in_chans=in_chans)
+    n = int(getattr(cfg, "freeze_stages", 0) or 0)
+    if n:
+        bb = getattr(model, "backbone", None)
+        if not isinstance(bb, Backbone):
+            raise ConfigError(f"model.freeze_stages={n}: model '{cfg.name}' has no stage backbone to freeze; "
+                              "models that have one: resnet_mlp, resnet_att2, magsd")
+        bb.freeze_stages(n)
+    return model
 
 
 def _backbone_model(name: str, cls: Callable[..., ChestModel], cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
@@ -99,15 +118,18 @@ def _affinity(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
 
 
 __all__ = [
+    "Backbone",
     "ChestModel",
     "Inflated3DNet",
     "ModelOutput",
     "ResNetMLP",
     "backbone_names",
+    "build_backbone",
     "build_model",
     "build_resnet",
     "imagenet_weight_file",
     "inflate_2d_to_3d",
+    "known_backbones",
     "model_names",
     "register_model",
 ]

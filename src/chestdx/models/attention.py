@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.models.backbones import build_resnet
+from chestdx.models.backbones import build_resnet, require_resnet
 from chestdx.models.base import ChestModel, ModelOutput
 
 Compatibility = Literal["parametrised", "dot"]
@@ -124,6 +124,7 @@ class ResNetATT2(ChestModel):
         super().__init__()
         if tail_blocks < 0:
             raise ConfigError(f"tail_blocks must be >= 0, got {tail_blocks}")
+        require_resnet("resnet_att2", backbone)  # splits at layer3 / layer4, tail of the ResNet's block type
         self.num_classes = num_classes
         self.in_chans = in_chans
         net: Any

@@ -56,6 +56,12 @@ class ChestModel(nn.Module):
         """``(B, C, h, w)`` -> logits ``(B, K)`` and pooled embedding ``(B, C)``."""
         raise NotImplementedError
 
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The pretrained part's parameters (``self.backbone`` where the model has one), for
+        discriminative learning rates (``optim.backbone_lr``); empty when there is none."""
+        bb = getattr(self, "backbone", None)
+        return list(bb.parameters()) if isinstance(bb, nn.Module) else []
+
     def forward(self, x: Tensor) -> ModelOutput:
         feats = self.forward_features(x)
         logits, emb = self.forward_head(feats)

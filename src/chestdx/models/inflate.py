@@ -285,7 +285,8 @@ def build_2d_backbone(name: str, in_chans: int = 1, weights: str = "none") -> tu
     from chestdx.models.backbones import backbone_names, build_resnet
 
     if name not in backbone_names():
-        raise ConfigError(f"unknown backbone '{name}' for a 3D model; choose one of {inflated_backbone_names()}")
+        raise ConfigError(f"backbone '{name}' cannot be inflated to 3D (inflation needs a ResNet-style stem and "
+                          f"layer1..layer4); choose one of {inflated_backbone_names()}")
     return build_resnet(name, in_chans, weights)
 
 
@@ -340,6 +341,10 @@ class Inflated3DNet(ChestModel):
         for stage in self.stages:
             x = checkpoint(stage, x, use_reentrant=False) if use_ckpt else stage(x)  # type: ignore[assignment]
         return x
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The inflated 2D network's parameters (stem and stages), for ``optim.backbone_lr``."""
+        return [*self.stem.parameters(), *self.stages.parameters()]
 
     def forward_head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C, d, h, w)`` -> logits ``(B, K)`` and the pooled representation ``(B, C)``."""

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.models.backbones import build_resnet
+from chestdx.models.backbones import Backbone, build_backbone
 from chestdx.models.base import ChestModel, ModelOutput
 
 Pooling = Literal["attention", "gap", "gmp"]
@@ -62,13 +62,8 @@ _EPS = 1e-12
 
 
 def _stage_channels(net: Any) -> list[int]:
-    """Output channels of layer1..layer4 of a torchvision ResNet (BasicBlock or Bottleneck)."""
-    out = []
-    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-        block = layer[-1]
-        bn = getattr(block, "bn3", None) or block.bn2
-        out.append(int(bn.num_features))
-    return out
+    """Output channels of the backbone's stages, shallow to deep (ResNet: layer1..layer4)."""
+    return list(net.stage_channels)
 
 
 def attention_pooling(features: Tensor, attention: Tensor) -> Tensor:
@@ -132,7 +127,9 @@ class MANet(ChestModel):
 
     Args:
         num_classes: K.
-        backbone: torchvision ResNet name (``resnet50`` in the paper; ``resnet18`` for CPU tests).
+        backbone: any :func:`~chestdx.models.backbones.build_backbone` name with 3 or more stages
+            (``resnet50`` in the paper; ``resnet18`` for CPU tests; ``efficientnet_lite0``: the scales
+            are its last three stages, strides 8 / 16 / 32, and f3 its 1280-channel head conv).
         in_chans: input channels.
         weights: ``none`` / ``imagenet`` / path (see :mod:`chestdx.models.backbones`).
         num_maps: M (32).
@@ -166,10 +163,14 @@ class MANet(ChestModel):
         self.scales = int(scales)
         self.pooling = pooling
         self.feature_norm = feature_norm
-        self.backbone, channels = build_resnet(backbone, in_chans, weights)
+        self.backbone: Backbone = build_backbone(backbone, in_chans, weights)
+        channels = self.backbone.feature_dim
         stage_ch = _stage_channels(self.backbone)
+        if len(stage_ch) < self.scales:
+            raise ConfigError(f"magsd: backbone '{backbone}' has {len(stage_ch)} stages, fewer than scales={scales}")
         self.channels = channels
-        self.attention = MultiscaleAttention(stage_ch[4 - self.scales:], self.num_maps)
+        # the deepest scale is the last feature map (layer4 for a ResNet, the head conv for EfficientNet)
+        self.attention = MultiscaleAttention([*stage_ch[len(stage_ch) - self.scales:-1], channels], self.num_maps)
         self.feature_dim = channels + (self.num_maps if self.scales > 1 else 0)
         in_head = channels * self.num_maps if pooling == "attention" else channels
         self.dropout = nn.Dropout(dropout)
@@ -177,12 +178,10 @@ class MANet(ChestModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, in_chans, H, W)`` -> ``(B, C + M, h, w)`` (f3 and the lower-scale attention) or ``(B, C, h, w)``."""
-        from chestdx.models.backbones import resnet_features
-
-        f3, stages = resnet_features(self.backbone, x, return_stages=True)
         if self.scales == 1:
-            return f3
-        lower = self.attention.lower(stages[4 - self.scales:], tuple(f3.shape[-2:]))
+            return self.backbone(x)
+        f3, stages = self.backbone.forward_stages(x)
+        lower = self.attention.lower(stages[len(stages) - self.scales:], tuple(f3.shape[-2:]))
         return torch.cat([f3, lower], dim=1)  # type: ignore[list-item]
 
     def split_features(self, features: Tensor) -> tuple[Tensor, Tensor]:
