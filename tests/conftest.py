@@ -9,6 +9,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `auto` execution modes (chestdx.engine.precision) mean fp32 in the test suite: no measuring, the
+# numbers every other test was written against; tests/engine/test_precision.py tests `auto` itself
+os.environ.setdefault("CHESTDX_SPEED", "fp32")
+
 
 def real_data_root() -> Path | None:
     """``$CHESTDX_DATA`` or ``../shared/data`` next to the repository, where it exists."""

@@ -124,11 +124,33 @@ class MixingConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def _speed_setting(v: Any) -> str:
+    """Validate a speed setting (see :mod:`chestdx.engine.precision`) to its canonical spelling."""
+    from chestdx.engine.precision import validate_speed
+
+    try:
+        return validate_speed(v)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
 class InferenceConfig(_Strict):
-    """How a trained model answers: ``plain`` forward, or a procedure such as ``cam_voting``."""
+    """How a trained model answers: ``plain`` forward, or a procedure such as ``cam_voting``.
+
+    ``speed``: the execution mode of evaluate / predict / report / serve / ensemble (see
+    :mod:`chestdx.engine.precision`): ``auto`` (measured once per machine, cached), or forced
+    ``fp32``, ``channels_last``, ``bf16``, ``channels_last+bf16``, ``fp16``, ``channels_last+fp16``.
+    A bundle carries it with the recipe; ``auto`` is resolved again on the machine that answers.
+    """
 
     name: str = "plain"
     params: dict[str, Any] = Field(default_factory=dict)
+    speed: str = "auto"
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _check_speed(cls, v: Any) -> str:
+        return _speed_setting(v)
 
 
 class OptimConfig(_Strict):
@@ -150,20 +172,33 @@ class EarlyStoppingConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    """Loop settings. ``monitor`` picks the best checkpoint (``val_loss`` min or ``val_auc`` max)."""
+    """Loop settings. ``monitor`` picks the best checkpoint (``val_loss`` min or ``val_auc`` max).
+
+    ``speed``: the execution mode of training (see :mod:`chestdx.engine.precision`): ``auto``
+    (measured once per machine, cached), or forced ``fp32``, ``channels_last``, ``bf16``,
+    ``channels_last+bf16``, ``fp16``, ``channels_last+fp16``. ``precision`` is Lightning's precision
+    string; None (the default) takes it from ``speed``, a value (``--precision``) forces it and
+    ``speed`` then only chooses the memory format.
+    """
 
     epochs: int = Field(10, ge=1)
     monitor: str = "val_loss"
     monitor_mode: Literal["min", "max"] = "min"
     early_stopping: EarlyStoppingConfig | None = None
     gradient_clip: float | None = None
-    precision: str = "32-true"
+    precision: str | None = None
+    speed: str = "auto"
     accelerator: str = "auto"
     devices: str | int = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
     limit_train_batches: float | int | None = None
     log_every_n_steps: int = 10
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _check_speed(cls, v: Any) -> str:
+        return _speed_setting(v)
 
 
 class Recipe(_Strict):

@@ -80,7 +80,7 @@ def _eval_dataset(recipe: Any, samples: Sequence[Any], site_names: Sequence[str]
 def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | None = None, split: str = "test",
                   out: str | Path | None = None, *, procedure: str | None = None,
                   procedure_params: dict[str, Any] | None = None, n_boot: int = 1000,
-                  which: str = "best", progress: bool = False) -> dict[str, Any]:
+                  which: str = "best", progress: bool = False, speed: str | None = None) -> dict[str, Any]:
     """Inter-model ensemble: average the probabilities of several runs on one split and score it.
 
     Each run answers with its own preprocessing and its own inference procedure (``procedure``
@@ -93,6 +93,8 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
         split: ``train`` / ``val`` / ``test``.
         out: output folder (default ``<first run>/ensemble-<split>``): ``metrics.json``,
             ``metrics.md``, ``predictions.csv``.
+        speed: execution mode setting for every run (see :mod:`chestdx.engine.precision`); default
+            each run's own ``inference.speed``.
 
     Returns:
         the metrics of the ensemble (``overall``, per site) with ``members``: each run's accuracy
@@ -131,7 +133,8 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
         name = procedure or recipe.inference.name
         params = procedure_params if procedure_params is not None else (
             recipe.inference.params if name == recipe.inference.name else {})
-        preds = predict_loader(r.load_model(which), loader, name, params, progress=progress)
+        preds = predict_loader(r.load_model(which), loader, name, params, progress=progress,
+                               speed=speed or recipe.inference.speed)
         probs = np.zeros((len(chosen), len(class_names)), np.float64)
         seen = np.zeros(len(chosen), bool)
         for row, i in enumerate(preds["index"].astype(int)):

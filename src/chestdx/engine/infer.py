@@ -2,6 +2,10 @@
 
 Every procedure takes the model and a batch of images ``(B, C, H, W)`` and returns an
 :class:`InferenceResult` with probabilities ``(B, K)`` (after any voting) and extra per-image details.
+
+:func:`predict_loader` (evaluate, table, ensemble) runs the procedure in an execution mode
+(:mod:`chestdx.engine.precision`, recipe ``inference.speed``): channels-last weights and inputs,
+bf16 / fp16 autocast, float32 outputs.
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ def cam_voting_procedure(model: ChestModel, images: Tensor, **params: Any) -> In
     from chestdx.explain.voting import cam_voting
 
     res = cam_voting(model, images, **params)
-    with torch.no_grad():
-        out = model(images)
+    out = res.output  # the whole images' forward pass of the vote (no second one)
+    if out is None:
+        with torch.no_grad():
+            out = model(images)
     probs = out.probs
     flipped = res.flipped.bool()
     if probs.shape[1] == 2:
@@ -88,13 +94,23 @@ def run_procedure(name: str, params: dict[str, Any], model: ChestModel, images: 
 
 
 def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plain",
-                   params: dict[str, Any] | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+                   params: dict[str, Any] | None = None, progress: bool = False,
+                   speed: Any = None) -> dict[str, np.ndarray]:
     """Run a procedure over a loader of dataset items.
+
+    Args:
+        speed: execution mode setting (``auto``, ``fp32``, ``channels_last+bf16``, ...; see
+            :mod:`chestdx.engine.precision`), an :class:`~chestdx.engine.precision.ExecMode` or an
+            :class:`~chestdx.engine.precision.InferenceSpeed` (its ``modes`` then say what was
+            chosen); None: ``fp32``. ``auto`` is resolved once, for the first batch's shape; a
+            channels-last mode leaves the model channels-last.
 
     Returns:
         ``probs (N, K)``, ``label (N,)``, ``site (N,)``, ``index (N,)`` and any per-image details,
         as numpy arrays in loader order.
     """
+    from chestdx.engine.precision import InferenceSpeed, running, to_mode_input
+
     model.eval()
     cols: dict[str, list[np.ndarray]] = {}
     it: Any = loader
@@ -102,8 +118,15 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
         from tqdm import tqdm
 
         it = tqdm(loader, desc=f"predict ({procedure})", unit="batch")
+    param = next(model.parameters(), None)
+    control = speed if isinstance(speed, InferenceSpeed) else InferenceSpeed(
+        model, speed, param.device if param is not None else "cpu")
+    mode = None
     for batch in it:
-        res = run_procedure(procedure, params or {}, model, batch["image"])
+        if mode is None:
+            mode = control.mode_for(batch["image"].shape)
+        with running(model, mode, control.device):
+            res = run_procedure(procedure, params or {}, model, to_mode_input(batch["image"], mode))
         cols.setdefault("probs", []).append(res.probs.float().cpu().numpy())
         for key in ("label", "site", "index"):
             cols.setdefault(key, []).append(batch[key].cpu().numpy())

@@ -5,10 +5,16 @@ The recipe chooses the parts (model, objectives, mixing, optimiser); this module
     batch -> [mixer] -> model -> ModelOutput -> sum_i w_i * objective_i -> loss
 
 Validation computes plain cross-entropy, accuracy and AUC on the unmixed validation images.
+
+The execution mode (:mod:`chestdx.engine.precision`, recipe ``trainer.speed``) is set on
+:attr:`ChestTask.exec_mode` by :func:`chestdx.engine.train.train`: its precision goes to Lightning
+(``bf16-mixed`` autocast), its memory format is applied here (the model in ``on_fit_start``, each
+batch's images in ``on_after_batch_transfer``; the model goes back to contiguous in ``on_fit_end``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,9 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.config import Recipe
+from chestdx.engine.precision import FP32, ExecMode
 from chestdx.mixing import build_mixer
 from chestdx.models import ChestModel, ModelOutput, build_model
 from chestdx.objectives import build_objective
+
+# ChestTask converts batches in on_after_batch_transfer on purpose (channels-last modes); the data
+# modules define no such hook, so Lightning's note that the module's hook is used says nothing
+warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule` but.*")
 
 
 class ChestTask(L.LightningModule):
@@ -58,6 +69,24 @@ class ChestTask(L.LightningModule):
                       if recipe.mixing else None)
         self._val_probs: list[Tensor] = []
         self._val_labels: list[Tensor] = []
+        self.exec_mode: ExecMode = FP32
+        """The execution mode of training (its memory format is applied here, its precision by Lightning)."""
+
+    def on_fit_start(self) -> None:
+        if self.exec_mode.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        if self.exec_mode.channels_last:  # leave the model as it was built (contiguous weights)
+            self.model.to(memory_format=torch.contiguous_format)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Channels-last modes: the batch's 4D ``image (B, C, H, W)`` in NHWC strides (same values)."""
+        if self.exec_mode.channels_last and isinstance(batch, dict):
+            img = batch.get("image")
+            if isinstance(img, Tensor) and img.ndim == 4:
+                batch = {**batch, "image": img.contiguous(memory_format=torch.channels_last)}
+        return batch
 
     def forward(self, x: Tensor) -> ModelOutput:
         return self.model(x)

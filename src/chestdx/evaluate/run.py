@@ -100,7 +100,8 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
                  procedure_params: dict[str, Any] | None = None, aggregate: str | None = None,
                  n_boot: int = 1000, which: str = "best", progress: bool = False,
                  scan_aggregate: str | None = None, localisation: bool = True,
-                 segmentation_sources: Sequence[str | Path] | None = None) -> dict[str, Any]:
+                 segmentation_sources: Sequence[str | Path] | None = None,
+                 speed: str | None = None) -> dict[str, Any]:
     """Evaluate a run on ``split`` of its own data (or of ``sources``).
 
     A ``task: sequence`` run is scored per sequence (one row per scan in ``predictions.csv``; the
@@ -117,6 +118,9 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         scan_aggregate: ``mean`` / ``majority`` / ``max``: also one answer per scan from the slice
             answers (metrics under ``"scan"``, rows in ``scans.csv``); slice runs only.
         localisation: score attention masks against lesion masks where possible.
+        speed: execution mode setting (``auto``, ``fp32``, ``channels_last+bf16``, ...; see
+            :mod:`chestdx.engine.precision`); default the recipe's ``inference.speed``. The mode
+            chosen is recorded as ``"speed"`` in the metrics.
 
     Returns:
         the metrics dict (also written to ``out``).
@@ -162,7 +166,12 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     name = procedure or recipe.inference.name
     params = procedure_params if procedure_params is not None else (
         recipe.inference.params if name == recipe.inference.name else {})
-    preds = predict_loader(model, loader, name, params, progress=progress)
+    from chestdx.engine.precision import FP32, InferenceSpeed, running
+
+    device = next((p.device for p in model.parameters()), "cpu")
+    control = InferenceSpeed(model, speed or recipe.inference.speed, device)
+    preds = predict_loader(model, loader, name, params, progress=progress, speed=control)
+    mode = next(iter(control.modes.values()), FP32)
     class_names = run.class_names
     order = preds["index"].astype(int)
     result = evaluate_predictions(
@@ -173,9 +182,11 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     result["split"] = split
     result["procedure"] = name
     result["n_images"] = len(chosen)
+    result["speed"] = mode.name
     if seq_report is not None:
         result["sequences"] = seq_report.to_dict()
-        _sequence_figures(model, ds, out / "sequence_attention", class_names)
+        with running(model, mode, device):
+            _sequence_figures(model, ds, out / "sequence_attention", class_names)
     elif scan_aggregate:
         from chestdx.data.sequences import scan_id_of
         from chestdx.evaluate.metrics import classification_metrics
@@ -192,7 +203,8 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
             and any(s.mask for s in chosen):
         from chestdx.explain.attention_masks import localisation_iou
 
-        loc = localisation_iou(model, loader, overlays_dir=out / "attention")
+        with running(model, mode, device):
+            loc = localisation_iou(model, loader, overlays_dir=out / "attention")
         if loc["n_images"]:
             result["localisation"] = {k: v for k, v in loc.items() if k != "per_image"}
             write_json(out / "localisation.json", loc)

@@ -37,8 +37,12 @@ def _acc_f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
 
 def sweep_voting(run: Run | str | Path, ks: Sequence[int] = (1, 5, 11, 21, 31),
                  thetas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4), split: str = "test",
-                 out: str | Path | None = None, cell: int | None = None) -> list[dict[str, Any]]:
+                 out: str | Path | None = None, cell: int | None = None,
+                 speed: str | None = None) -> list[dict[str, Any]]:
     """Accuracy and F1 (positive class) of the voted labels for each k and each theta, per site.
+
+    ``speed``: execution mode setting (see :mod:`chestdx.engine.precision`); default the recipe's
+    ``inference.speed``.
 
     Returns:
         the rows written to ``voting_sweep.csv``; ``k = 0`` / the first row is the unvoted model.
@@ -60,8 +64,12 @@ def sweep_voting(run: Run | str | Path, ks: Sequence[int] = (1, 5, 11, 21, 31),
     ds = SliceDataset(samples, run.recipe.data, train=False, site_names=run.site_names or None, cache=False)
     k_max = max([*ks, k_ref])
     p0, pc, ys, sites = [], [], [], []
+    from chestdx.engine.precision import InferenceSpeed
+
+    control = InferenceSpeed(model, speed or run.recipe.inference.speed)
     for batch in DataLoader(ds, batch_size=16):
-        res = cam_voting(model, batch["image"], k=k_max, theta=theta_ref, cell=cell)
+        with control.run(batch["image"]) as images:
+            res = cam_voting(model, images, k=k_max, theta=theta_ref, cell=cell)
         p0.append(res.original_prob)
         pc.append(res.probs)
         ys.append(batch["label"])

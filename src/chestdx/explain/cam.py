@@ -60,7 +60,8 @@ def cam_from_features(model: ChestModel, features: Tensor,
     Args:
         model: a :class:`~chestdx.models.ChestModel` (needs ``forward_head``).
         features: ``(B, C, h, w)`` (or ``(B, C, d, h, w)``) output of ``model.forward_features``;
-            it is detached here, so no gradient flows back into the caller's graph.
+            it is detached here, so no gradient flows back into the caller's graph. The head and the
+            gradient run in float32 with autocast off (bf16 / fp16 features are upcast).
         target: the class whose map is wanted: ``None`` (the predicted class), an int, ``(B,)``
             labels, or ``(B, K)`` soft targets (their argmax).
 
@@ -72,8 +73,10 @@ def cam_from_features(model: ChestModel, features: Tensor,
     Raises:
         ValueError: a target outside ``[0, K)`` or of the wrong shape.
     """
-    with torch.enable_grad():
-        f = features.detach().requires_grad_(True)
+    # in float32 with autocast off, whatever the caller's mode: the head is small next to the
+    # backbone, and bf16 gradients would coarsen the map (features of a bf16 pass are upcast here)
+    with torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
+        f = features.detach().float().requires_grad_(True)
         logits, _ = model.forward_head(f)
         t = _as_target(target, logits)
         score = logits.float().gather(1, t[:, None]).sum()
