@@ -159,7 +159,8 @@ def test_seeded_bootstrap_is_reproducible():
     assert a == b
     assert a["accuracy"]["value"] == c["accuracy"]["value"]
     assert (a["accuracy"]["low"], a["macro_auc"]["high"]) != (c["accuracy"]["low"], c["macro_auc"]["high"])
-    assert a["interval"] == {"method": "percentile bootstrap", "n_boot": 300, "ci": 0.95, "seed": 7}
+    assert a["interval"] == {"method": "percentile bootstrap", "n_boot": 300, "ci": 0.95, "seed": 7,
+                             "unit": "case", "n_units": 150, "note": "cases resampled one by one: no patient ids given"}
 
 
 def test_wider_ci_gives_wider_interval():
@@ -387,3 +388,65 @@ def test_get_metric_resolution():
     assert get_metric({"accuracy": 0.5}, "accuracy") == 0.5
     with pytest.raises(KeyError, match="no metric 'dice'"):
         get_metric(m2, "dice")
+
+
+# ------------------------------------------------------------------ cluster (patient) bootstrap
+
+
+def _twenty_patients(slices: int = 10):
+    """20 patients, 12 answered right: every patient's ``slices`` slices are identical copies."""
+    y = np.array([0, 1] * 10)
+    right = np.zeros(20, bool)
+    right[:12] = True
+    p1 = np.where(right, np.where(y == 1, 0.9, 0.1), np.where(y == 1, 0.1, 0.9))
+    p = np.stack([1 - p1, p1], axis=1)
+    return y, p, np.repeat(y, slices), np.repeat(p, slices, axis=0), np.repeat(np.arange(20), slices)
+
+
+def test_patient_bootstrap_of_identical_slices_is_the_bootstrap_of_the_patients():
+    from scipy.stats import binom
+
+    y, p, ys, ps, patients = _twenty_patients()
+    per_patient = classification_metrics(y, p, ["a", "b"], n_boot=2000, seed=3)
+    clustered = classification_metrics(ys, ps, ["a", "b"], n_boot=2000, seed=3, groups=patients, case_unit="image")
+    per_slice = classification_metrics(ys, ps, ["a", "b"], n_boot=2000, seed=3, case_unit="image")
+    assert clustered["accuracy"]["value"] == pytest.approx(0.6)
+    # the 200 slices resampled by patient give exactly the interval of the 20 patients (same draws)
+    assert (clustered["accuracy"]["low"], clustered["accuracy"]["high"]) == \
+        (per_patient["accuracy"]["low"], per_patient["accuracy"]["high"])
+    assert clustered["macro_auc"]["low"] == per_patient["macro_auc"]["low"]
+    # by hand: accuracy of 20 resampled patients is Binomial(20, 0.6) / 20 -> [0.40, 0.80]
+    lo, hi = binom.ppf([0.025, 0.975], 20, 0.6) / 20
+    assert (lo, hi) == (0.40, 0.80)
+    assert clustered["accuracy"]["low"] == pytest.approx(lo, abs=0.051)
+    assert clustered["accuracy"]["high"] == pytest.approx(hi, abs=0.051)
+    # resampling the 200 slices as if independent: Binomial(200, 0.6) / 200 -> [0.535, 0.665], too narrow
+    width_slice = per_slice["accuracy"]["high"] - per_slice["accuracy"]["low"]
+    width_patient = clustered["accuracy"]["high"] - clustered["accuracy"]["low"]
+    assert width_slice == pytest.approx(0.135, abs=0.03)
+    assert width_patient > 2.5 * width_slice
+    assert clustered["ci_unit"] == "patient" and clustered["interval"]["n_units"] == 20
+    assert per_slice["ci_unit"] == "image" and "no patient ids" in per_slice["interval"]["note"]
+
+
+def test_unique_patient_ids_resample_cases_and_say_so():
+    y, p = random_task(60, 2, seed=5)
+    plain = classification_metrics(y, p, ["a", "b"], n_boot=200, seed=1, case_unit="image")
+    grouped = classification_metrics(y, p, ["a", "b"], n_boot=200, seed=1, case_unit="image",
+                                     groups=[f"p{i}" for i in range(60)])
+    assert grouped["accuracy"] == plain["accuracy"]
+    assert grouped["ci_unit"] == "image"
+    assert "no patient id is shared" in grouped["interval"]["note"]
+
+
+def test_cluster_weights_count_each_drawn_patient():
+    from chestdx.evaluate.metrics import group_index, resample_weights
+
+    inv = group_index(["b", "a", "b", "c"], 4)
+    assert inv.tolist() == [0, 1, 0, 2]
+    w = resample_weights(50, inv, np.random.default_rng(0))
+    assert w.shape == (50, 4)
+    assert (w[:, 0] == w[:, 2]).all()  # one patient: both its cases drawn together
+    assert (w[:, [0, 1, 3]].sum(axis=1) == 3).all()  # 3 patients drawn per resample
+    with pytest.raises(MetricInputError, match="groups has 3 entries"):
+        group_index(["a", "b", "c"], 4)

@@ -207,3 +207,27 @@ def test_html_missing_or_bad_image(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(DataError, match="PNG or JPEG"):
         html_report("t", [], [("x", tmp_path / "x.txt")])
+
+
+def test_evaluation_report_names_the_resampling_unit():
+    from chestdx.evaluate.run import evaluate_predictions, metrics_report_markdown
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.array([0, 1] * 6), 5)  # 12 patients x 5 slices
+    p1 = np.clip(y * 0.6 + rng.uniform(0, 0.4, y.size), 0, 1)
+    probs = np.stack([1 - p1, p1], axis=1)
+    patients = [f"p{i // 5}" for i in range(y.size)]
+    sites = ["A" if i < 30 else "B" for i in range(y.size)]
+    res = evaluate_predictions(probs, y, sites, patients, ["n", "c"], n_boot=50, aggregate="mean")
+    assert res["overall"]["ci_unit"] == "patient" and res["overall"]["interval"]["n_units"] == 12
+    assert res["sites"]["A"]["interval"]["n_units"] == 6
+    assert res["patient"]["ci_unit"] == "patient" and res["patient"]["n"] == 12
+    md = metrics_report_markdown(res, "r")
+    assert "Resampling unit: patient (12 resampled); cluster bootstrap: 12 patients resampled, each with all " \
+           "its images (60 in all)." in md
+    assert "Resampling unit: patient (6 resampled)" in md
+    # one image per patient id: the report says the images were resampled one by one
+    one = evaluate_predictions(probs, y, sites, [f"x{i}" for i in range(y.size)], ["n", "c"], n_boot=50)
+    assert one["overall"]["ci_unit"] == "image"
+    assert "Resampling unit: image (60 resampled); images resampled one by one: no patient id is shared" \
+        in metrics_report_markdown(one, "r")

@@ -11,7 +11,12 @@ Conventions used throughout this module:
   (``tp + fp + fn == 0``) is left out of the average. Weighted F1 weights classes by support.
 - AUC (ROC area, ties counted one half) is **undefined (NaN)** for a class with no positive or no
   negative case. Macro AUC is the mean over the classes where it is defined.
-- Intervals: percentile bootstrap over cases (resampled with replacement, ``n_boot`` times, seeded).
+- Intervals: percentile bootstrap (resampled with replacement, ``n_boot`` times, seeded). With
+  ``groups`` (patient ids) it is a **cluster bootstrap**: each resample draws ``G`` patients with
+  replacement and takes all the cases (slices, scans) of each draw, because the slices of one
+  patient are not independent (20 patients x 10 identical slices carry the information of 20
+  cases, not 200). The resampling unit is reported as ``ci_unit`` (``"patient"``, or the case unit
+  such as ``"image"`` when no patient id is shared by two cases, where both bootstraps are the same).
   Each resample is scored with exactly the statistic used for the point value (so a class absent
   from a resample has recall 0 there, by the zero-division rule). Resamples where a figure is NaN
   (only AUC can be) are skipped when taking the percentiles (``nanpercentile``); the number of
@@ -39,6 +44,8 @@ __all__ = [
     "aggregate",
     "classification_metrics",
     "get_metric",
+    "group_index",
+    "resample_weights",
     "summarise_seeds",
     "validate_predictions",
 ]
@@ -212,21 +219,54 @@ def _stats_from_weights(
     }
 
 
+def group_index(groups: Sequence[Any], n: int) -> np.ndarray:
+    """Group number of each case, ``(N,)`` int64 in ``[0, G)``, in order of first appearance.
+
+    Raises:
+        MetricInputError: ``groups`` does not have ``n`` entries.
+    """
+    groups = list(groups)
+    if len(groups) != n:
+        raise MetricInputError(f"groups has {len(groups)} entries but there are {n} cases")
+    index: dict[Any, int] = {}
+    return np.asarray([index.setdefault(g, len(index)) for g in groups], dtype=np.int64)
+
+
+def resample_weights(n_boot: int, inverse: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Case weights of ``n_boot`` cluster resamples, ``(n_boot, N)`` float64.
+
+    Each resample draws ``G = inverse.max() + 1`` groups with replacement (``rng.integers(0, G,
+    (n_boot, G))``); a case's weight is the number of times its group was drawn. With one case per
+    group (``inverse = arange(N)``) this is the ordinary case bootstrap, draw for draw.
+
+    Args:
+        inverse: ``(N,)`` group number of each case (see :func:`group_index`).
+    """
+    g = int(inverse.max()) + 1
+    idx = rng.integers(0, g, size=(n_boot, g))
+    flat = (np.arange(n_boot)[:, None] * g + idx).ravel()
+    counts = np.bincount(flat, minlength=n_boot * g).reshape(n_boot, g).astype(np.float64)
+    return counts[:, inverse]
+
+
 def _bootstrap(
-    y: np.ndarray, pred: np.ndarray, probs: np.ndarray, n_boot: int, seed: int
+    y: np.ndarray, pred: np.ndarray, probs: np.ndarray, n_boot: int, seed: int,
+    inverse: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Statistics of ``n_boot`` case resamples, ``(n_boot,)`` or ``(n_boot, K)`` each."""
+    """Statistics of ``n_boot`` resamples, ``(n_boot,)`` or ``(n_boot, K)`` each.
+
+    ``inverse`` ``(N,)``: group (patient) number of each case: a cluster bootstrap over groups;
+    None: every case is its own group.
+    """
     n = y.shape[0]
+    inv = np.arange(n) if inverse is None else inverse
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // n))
     parts: list[dict[str, np.ndarray]] = []
     done = 0
     while done < n_boot:
         b = min(chunk, n_boot - done)
-        idx = rng.integers(0, n, size=(b, n))
-        flat = (np.arange(b)[:, None] * n + idx).ravel()
-        counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
-        parts.append(_stats_from_weights(y, pred, probs, counts))
+        parts.append(_stats_from_weights(y, pred, probs, resample_weights(b, inv, rng)))
         done += b
     return {key: np.concatenate([p[key] for p in parts], axis=0) for key in parts[0]}
 
@@ -318,11 +358,15 @@ def classification_metrics(
     ci: float = 0.95,
     seed: int = 0,
     positive: int | None = None,
+    groups: Sequence[Any] | None = None,
+    case_unit: str = "case",
+    group_unit: str = "patient",
 ) -> dict[str, Any]:
     """Accuracy, F1, AUC, per-class precision / recall / specificity / F1 / AUC with bootstrap CIs.
 
     See the module docstring for the prediction rule (argmax), the zero-division rule (0), the
-    macro-average rule, undefined AUC (NaN) and the bootstrap (percentile, NaN resamples skipped).
+    macro-average rule, undefined AUC (NaN) and the bootstrap (percentile, NaN resamples skipped;
+    per patient with ``groups``).
 
     Args:
         y_true: true class indices ``(N,)``.
@@ -332,12 +376,19 @@ def classification_metrics(
         ci: interval coverage, in (0, 1).
         seed: seed of the resampling (same seed, same intervals).
         positive: positive class index for binary tasks (default 1); ignored when ``K > 2``.
+        groups: ``N`` patient (cluster) ids, e.g. ``"site/patient"``: the bootstrap resamples
+            patients, each with all its cases. None: cases are resampled one by one.
+        case_unit: what a case is (``"image"``, ``"scan"``, ``"sequence"``, ``"patient"``), named in
+            the report when cases are the resampling unit.
+        group_unit: what a group is (``"patient"``).
 
     Returns:
         A JSON-ready dict (NaN where undefined)::
 
             {"n": N, "class_names": [...], "prediction": "argmax",
-             "interval": {"method": "percentile bootstrap", "n_boot": ..., "ci": ..., "seed": ...},
+             "ci_unit": "patient" | case_unit,
+             "interval": {"method": "percentile bootstrap", "n_boot": ..., "ci": ..., "seed": ...,
+                          "unit": ci_unit, "n_units": G, "note": "..."},
              "accuracy" | "macro_precision" | "macro_recall" | "macro_specificity" | "macro_f1"
              | "weighted_f1" | "macro_auc": {"value": v, "low": lo, "high": hi},
              "per_class": {name: {"precision" | "recall" | "specificity" | "f1" | "auc": {...},
@@ -384,17 +435,33 @@ def classification_metrics(
                 RuntimeWarning,
                 stacklevel=2,
             )
-    boot = _bootstrap(y, pred, p, int(n_boot), seed) if n_boot > 0 else None
+    n = int(y.shape[0])
+    inverse = None if groups is None else group_index(groups, n)
+    n_groups = n if inverse is None else int(inverse.max()) + 1
+    if inverse is not None and n_groups < n:
+        unit = group_unit
+        note = f"cluster bootstrap: {n_groups} {group_unit}s resampled, each with all its {case_unit}s ({n} in all)"
+    elif inverse is not None:
+        inverse, unit = None, case_unit  # one case per group: the same bootstrap
+        note = f"{case_unit}s resampled one by one: no {group_unit} id is shared by two {case_unit}s"
+    else:
+        unit = case_unit
+        note = f"{case_unit}s resampled one by one: no {group_unit} ids given"
+    boot = _bootstrap(y, pred, p, int(n_boot), seed, inverse) if n_boot > 0 else None
 
     out: dict[str, Any] = {
-        "n": int(y.shape[0]),
+        "n": n,
         "class_names": names,
         "prediction": "argmax",
+        "ci_unit": unit,
         "interval": {
             "method": "percentile bootstrap",
             "n_boot": int(n_boot),
             "ci": float(ci),
             "seed": int(seed),
+            "unit": unit,
+            "n_units": n_groups,
+            "note": note,
         },
     }
     for key in OVERALL_METRICS:

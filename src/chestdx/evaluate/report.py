@@ -118,7 +118,8 @@ def markdown_table(
 def metrics_markdown(metrics: Mapping[str, Any], title: str | None = None) -> str:
     """A readable markdown summary of a :func:`~chestdx.evaluate.metrics.classification_metrics` dict.
 
-    Layout: optional ``## title``; a line with N and the interval method; a table of the overall
+    Layout: optional ``## title``; a line with N and the interval method; a line naming the
+    resampling unit of the intervals (patient or case, from ``interval.unit``); a table of the overall
     figures (header ``Value (95% CI)``, or ``Value`` without a bootstrap) (those present, in the order accuracy, macro precision / recall / specificity, macro F1,
     weighted F1, macro AUC); for a binary task a line naming the positive class; a table with one row
     per class (precision, recall, specificity, F1, AUC, support); the confusion matrix.
@@ -138,6 +139,13 @@ def metrics_markdown(metrics: Mapping[str, Any], title: str | None = None) -> st
         value_header = f"Value ({100 * ci:g}% CI)"
     if intro:
         out += ["; ".join(intro) + ".", ""]
+    if isinstance(interval, Mapping) and interval.get("n_boot") and interval.get("unit"):
+        line = f"Resampling unit: {_cell(interval['unit'])}"
+        if interval.get("n_units") is not None:
+            line += f" ({interval['n_units']} resampled)"
+        if interval.get("note"):
+            line += f"; {_cell(interval['note'])}"
+        out += [line + ".", ""]
 
     overall = [
         {"Metric": _label(k), value_header: format_figure(metrics[k])} for k in _OVERALL_ROWS if k in metrics
