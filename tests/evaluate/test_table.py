@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
+import pytest
+
 from chestdx.cli import main
 from chestdx.config import deep_merge, load_recipe
 from chestdx.engine.train import train
@@ -13,25 +16,86 @@ from tests.conftest import CAM_TINY
 
 
 def test_table_two_recipes_two_seeds(phantom_binary, tmp_path):
+    import json
+
     over = deep_merge(CAM_TINY, {"inference": {"params": {"cell": 4}}})
     table = run_table(["baseline", "full"], [phantom_binary], tmp_path / "t", seeds=2, overrides=over,
-                      n_boot=20)
+                      n_boot=20, n_boot_compare=200)
     text = (tmp_path / "t" / "table.md").read_text()
     assert table == text
     for site in ("siteA", "siteB", "all sites"):
         assert site in text
-    rows = [line for line in text.splitlines() if line.startswith("| baseline") or line.startswith("| full")]
+    tables, differences = text.split("## Paired differences from the baseline row (baseline)")
+    rows = [line for line in tables.splitlines() if line.startswith("| baseline (baseline)") or line.startswith("| full |")]
     assert len(rows) == 6  # 2 recipes x (2 sites + all)
-    assert all("+-" in r for r in rows)
-    assert (tmp_path / "t" / "full" / "seed1" / "eval-test" / "metrics.json").is_file()
+    assert all("+-" in r for r in rows[:3])
+    assert len([line for line in differences.splitlines() if line.startswith("| full |")]) == 3
     # the full method answers by voting
-    import json
-
     res = json.loads((tmp_path / "t" / "full" / "seed0" / "eval-test" / "metrics.json").read_text())
     assert res["procedure"] == "cam_voting" and "flipped" in res
+    # the table's cells are the mean +- std of the runs' own metrics.json (positive class: covid)
+    accs = [json.loads((tmp_path / "t" / "full" / f"seed{s}" / "eval-test" / "metrics.json").read_text())
+            ["overall"]["positive"]["f1"]["value"] for s in (0, 1)]
+    mean, std = float(np.mean(accs)), float(np.std(accs, ddof=1))
+    full_all = [r for r in _site_rows(text, "all sites") if r.startswith("| full |")][0]
+    assert f"{100 * mean:.2f} +- {100 * std:.2f}" in full_all.split("|")[5]
+    cmp = json.loads((tmp_path / "t" / "comparisons.json").read_text())
+    diff = cmp["rows"]["full"]["all sites"]["f1"]
+    assert diff["b"] == pytest.approx(mean) and diff["difference"] == pytest.approx(mean - diff["a"])
     # a second call reuses finished runs (no retraining) and gives the same table
     assert run_table(["baseline", "full"], [phantom_binary], tmp_path / "t", seeds=2, overrides=over,
-                     n_boot=20) == table
+                     n_boot=20, n_boot_compare=200) == table
+
+
+def _site_rows(text, site):
+    block = text.split(f"### {site}\n", 1)[1].split("###", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("| ")]
+
+
+def test_voting_row_answers_the_snapmix_cpe_checkpoint(phantom_binary, tmp_path):
+    """`full` trains exactly like `snapmix_cpe`: the table answers snapmix_cpe's runs by voting."""
+    import json
+
+    over = deep_merge(CAM_TINY, {"inference": {"params": {"cell": 4, "k": 5}}})
+    text = run_table(["snapmix_cpe", "full"], [phantom_binary], tmp_path / "t", seeds=1, overrides=over,
+                     n_boot=20, n_boot_compare=200)
+    assert not (tmp_path / "t" / "full").exists()  # no second training
+    voted = json.loads((tmp_path / "t" / "snapmix_cpe" / "seed0" / "eval-test-full" / "metrics.json").read_text())
+    plain = json.loads((tmp_path / "t" / "snapmix_cpe" / "seed0" / "eval-test" / "metrics.json").read_text())
+    assert voted["procedure"] == "cam_voting" and plain["procedure"] == "plain"
+    assert json.loads((tmp_path / "t" / "results.json").read_text())["full"][0]["checkpoint_of"] == "snapmix_cpe"
+    assert "| full (snapmix_cpe's checkpoint) |" in text
+    cmp = json.loads((tmp_path / "t" / "comparisons.json").read_text())
+    assert cmp["shared_checkpoints"] == {"full": "snapmix_cpe"}
+    acc = cmp["rows"]["full"]["all sites"]["accuracy"]
+    assert acc["a"] == pytest.approx(plain["overall"]["accuracy"]["value"])
+    assert acc["b"] == pytest.approx(voted["overall"]["accuracy"]["value"])
+    # the difference is only the flipped answers: with none flipped it is exactly 0
+    if voted["flipped"] == 0:
+        assert acc["difference"] == 0.0 and acc["p_value"] == 1.0
+
+
+def test_rows_that_differ_from_the_baseline_are_marked(tmp_path):
+    from chestdx.evaluate.table import _comparisons, _differences_markdown
+    from tests.evaluate.test_compare import _pair, _write
+
+    files, y, pa, pb, patients = _pair()
+    a = _write(tmp_path / "a.csv", files, y, pa, patients)
+    b = _write(tmp_path / "b.csv", files, y, pb, patients)
+    same = _write(tmp_path / "c.csv", files, y, pa, patients)
+    cmp = _comparisons({"base": [a], "better": [b], "same": [same]}, "base", ["accuracy"], 2000, 0)
+    assert cmp["better"]["all sites"]["accuracy"]["difference"] == pytest.approx(0.12)
+    assert cmp["better"]["all sites"]["accuracy"]["low"] > 0
+    assert cmp["same"]["all sites"]["accuracy"]["p_value"] == 1.0
+    md = _differences_markdown(cmp, "base", ["accuracy"], 2000)
+    assert "| better | +12.00 (+4.00 to +20.02) p=0.005 * |" in md
+    assert "| same | +0.00 (+0.00 to +0.00) p=1 |" in md
+    from chestdx.evaluate.report import seed_table
+
+    runs = {"base": {"all sites": [{"accuracy": 0.8}]}, "better": {"all sites": [{"accuracy": 0.92}]}}
+    tab = seed_table(runs, metrics=["accuracy"], marks={"all sites": {"better": {"accuracy"}}},
+                     note={"base": "(baseline)"})
+    assert "| base (baseline) | 80.00 +- 0.00 | 1 |" in tab and "| better | 92.00 +- 0.00 * | 1 |" in tab
 
 
 def test_voting_sweep(phantom_binary, tmp_path, capsys):

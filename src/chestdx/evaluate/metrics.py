@@ -48,6 +48,7 @@ __all__ = [
     "resample_weights",
     "summarise_seeds",
     "validate_predictions",
+    "weighted_statistics",
 ]
 
 #: Tolerance on ``|sum(probs[i]) - 1|``.
@@ -247,6 +248,23 @@ def resample_weights(n_boot: int, inverse: np.ndarray, rng: np.random.Generator)
     flat = (np.arange(n_boot)[:, None] * g + idx).ravel()
     counts = np.bincount(flat, minlength=n_boot * g).reshape(n_boot, g).astype(np.float64)
     return counts[:, inverse]
+
+
+def weighted_statistics(
+    y: np.ndarray, pred: np.ndarray, probs: np.ndarray, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every figure of :func:`classification_metrics` for each row of case weights.
+
+    Args:
+        y: ``(N,)`` int true classes; pred: ``(N,)`` int predicted classes (argmax of ``probs``).
+        probs: ``(N, K)`` probabilities (AUC scores).
+        weights: ``(B, N)`` case weights (bootstrap counts; ``ones((1, N))`` for the point value).
+
+    Returns:
+        ``{name: (B,)}`` for :data:`OVERALL_METRICS` and ``{name: (B, K)}`` for
+        :data:`PER_CLASS_METRICS`, by the rules of the module docstring.
+    """
+    return _stats_from_weights(y, pred, probs, weights)
 
 
 def _bootstrap(

@@ -225,6 +225,8 @@ def seed_table(
     results: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
     metrics: Sequence[str] = ("accuracy", "precision", "recall", "f1"),
     row_header: str = "Method",
+    marks: Mapping[str, Mapping[str, Any]] | None = None,
+    note: Mapping[str, str] | None = None,
 ) -> str:
     """Mean +- std over seeds / folds, one markdown table per site, as in the papers' tables.
 
@@ -234,6 +236,9 @@ def seed_table(
             name means the top-level figure, else the positive class's figure (binary), else the
             macro average (multiclass); dotted paths (``"per_class.COVID.recall"``) also work.
         row_header: header of the first column.
+        marks: ``{site: {row_name: {metric, ...}}}``: those cells get a trailing ``*`` (``chestdx
+            table``: the row differs from the baseline row in that figure).
+        note: ``{row_name: text}`` appended to the row's name, e.g. ``"(baseline)"``.
 
     Returns:
         For each site (in order of first appearance) a ``### site`` heading and a table whose cells
@@ -251,14 +256,17 @@ def seed_table(
     for site in sites:
         rows = []
         for name, per_site in results.items():
-            row: dict[str, Any] = {row_header: name}
+            row: dict[str, Any] = {row_header: f"{name} {note[name]}" if note and name in note else name}
             runs = per_site.get(site)
+            marked = (marks or {}).get(site, {}).get(name, ())
             if runs:
                 for m in metrics:
                     try:
                         row[_label(m)] = _fmt_mean_std(*summarise_seeds(runs, [m])[m])
                     except KeyError:
                         row[_label(m)] = "n/a"
+                    if m in marked:
+                        row[_label(m)] += " *"
                 row["n"] = len(runs)
             rows.append(row)
         blocks.append(f"### {site}\n\n" + markdown_table(rows, columns))

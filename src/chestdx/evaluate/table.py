@@ -5,8 +5,23 @@ Layout of ``OUT``::
 
     OUT/<recipe>/seed<s>/            a run folder (resumable: finished runs are reused)
     OUT/<recipe>/seed<s>/eval-test/  its evaluation
+    OUT/<trained>/seed<s>/eval-test-<recipe>/  a row that trains like an earlier row and differs only
+                                     in its inference procedure (``full`` = ``snapmix_cpe`` answered
+                                     by CAM voting): that row's checkpoint answered this row's way
     OUT/results.json                 every run's metrics
-    OUT/table.md                     one table per site (+ all sites together)
+    OUT/comparisons.json             each row against the first (baseline) row, paired
+    OUT/table.md                     one table per site (+ all sites together), then the differences
+
+**Rows that only answer differently share a checkpoint.** Two recipes whose settings are equal
+except ``name``, ``description``, ``paper`` and ``inference`` train the same model; training it
+twice would confound the inference procedure's effect (CAM voting's gain) with training noise, so
+the later row evaluates the earlier row's run of the same seed with its own procedure.
+
+**Which rows differ from the baseline.** The first recipe is the baseline. Every other row is
+compared with it paired, on the same test cases (seed s against seed s, fold f against fold f):
+the difference of the mean over seeds of each figure, with a patient-level paired-bootstrap 95%
+interval and p-value (:mod:`chestdx.evaluate.compare`). A cell whose interval excludes 0 is marked
+``*`` in the table; the differences follow the tables.
 """
 
 from __future__ import annotations
@@ -18,11 +33,104 @@ from typing import Any
 from chestdx.utils import write_json, write_text
 
 
+def training_key(recipe: Any) -> str:
+    """The settings that decide what a run learns: the recipe without ``name``, ``description``,
+    ``paper`` and ``inference`` (JSON, keys sorted). Equal keys: the same training."""
+    import json
+
+    d = recipe.model_dump(mode="json")
+    for k in ("name", "description", "paper", "inference"):
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True)
+
+
+def _comparisons(preds: dict[str, list[Path]], baseline: str, metrics: Sequence[str], n_boot: int,
+                 seed: int) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """``{row: {site: {metric: paired difference}}}`` of every row against ``baseline``, per site and
+    over "all sites"; seed / fold s of a row is paired with seed / fold s of the baseline.
+
+    Raises:
+        ComparisonError: a row was scored on other test cases than the baseline.
+    """
+    import numpy as np
+
+    from chestdx.evaluate.compare import (
+        ComparisonError,
+        align_predictions,
+        paired_difference,
+        read_predictions,
+    )
+
+    base = [read_predictions(p) for p in preds[baseline]]
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for name, files in preds.items():
+        if name == baseline:
+            continue
+        pairs_by_site: dict[str, list[Any]] = {}
+        for a, path in zip(base, files, strict=False):
+            b = read_predictions(path)
+            order = align_predictions(a, b)
+            pb = b.probs[order]
+            groups = np.asarray(a.groups, dtype=object)
+            sites = np.asarray(a.sites)
+            pairs_by_site.setdefault("all sites", []).append((a.labels, a.probs, pb, list(groups)))
+            if len(set(a.sites)) > 1:
+                for site in sorted(set(a.sites)):
+                    m = sites == site
+                    pairs_by_site.setdefault(site, []).append((a.labels[m], a.probs[m], pb[m], list(groups[m])))
+        out[name] = {}
+        for site, pairs in pairs_by_site.items():
+            figs: dict[str, dict[str, float]] = {}
+            for m in metrics:
+                try:
+                    figs[m] = paired_difference(pairs, base[0].class_names, [m], n_boot=n_boot, seed=seed)[m]
+                except ComparisonError:
+                    continue  # a figure compare does not know (the table shows n/a or the value alone)
+            out[name][site] = figs
+    return out
+
+
+def _differences_markdown(comparisons: dict[str, Any], baseline: str, metrics: Sequence[str], n_boot: int) -> str:
+    import math
+
+    from chestdx.evaluate.compare import differs
+
+    if not comparisons:
+        return ""
+    sites: list[str] = []
+    for per_site in comparisons.values():
+        sites += [s for s in per_site if s not in sites]
+    lines = [f"## Paired differences from the baseline row ({baseline})", "",
+             "Row minus baseline, percentage points, on the same test cases (seed s against seed s); 95% "
+             f"interval and p-value from a patient-level paired bootstrap ({n_boot} resamples). `*` in the "
+             "tables above: the interval excludes 0.", ""]
+    for site in sites:
+        lines += [f"### {site}", "", "| Method | " + " | ".join(metrics) + " |",
+                  "|---|" + "|".join("---" for _ in metrics) + "|"]
+        for name, per_site in comparisons.items():
+            cells = []
+            for m in metrics:
+                f = per_site.get(site, {}).get(m)
+                if f is None or not math.isfinite(f["difference"]):
+                    cells.append("n/a")
+                    continue
+                ci = "" if not math.isfinite(f["low"]) else f" ({100 * f['low']:+.2f} to {100 * f['high']:+.2f})"
+                cells.append(f"{100 * f['difference']:+.2f}{ci} p={f['p_value']:.2g}{' *' if differs(f) else ''}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | Path, *, seeds: int = 3,
               overrides: dict[str, Any] | None = None, n_boot: int = 200, progress: bool = False,
               metrics: Sequence[str] = ("accuracy", "precision", "recall", "f1"),
-              folds: int | None = None) -> str:
+              folds: int | None = None, n_boot_compare: int = 2000) -> str:
     """Train and evaluate ``recipes`` x ``seeds``; returns the markdown table (also written).
+
+    The first recipe is the baseline row; every other row is compared with it (paired, patient-level
+    bootstrap, ``n_boot_compare`` resamples) and the cells that differ are marked (module docstring).
+    A row that trains exactly like an earlier row (same :func:`training_key`) reuses that row's runs
+    and only answers with its own inference procedure.
 
     The data are read once: every recipe and seed sees the same samples and the same split (the
     split is seeded by the first seed), so the rows differ only by method and training seed.
@@ -46,38 +154,67 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
     samples = load_samples(sources, first)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     raw: dict[str, list[dict[str, Any]]] = {}
+    preds: dict[str, list[Path]] = {}
+    trained: dict[str, str] = {}  # training_key -> the row whose runs hold that training
+    shared: dict[str, str] = {}  # row -> the row whose checkpoints it answers
     for name in recipes:
         for s in range(folds or seeds):
             if folds:
                 from chestdx.data.splits import kfold_train_val_test
 
                 recipe = load_recipe(name, overrides)
-                run_dir = out / recipe.name / f"fold{s}"
+                sub = f"fold{s}"
                 run_samples = kfold_train_val_test(samples, folds, s, seed=first.seed)
             else:
                 recipe = load_recipe(name, deep_merge(overrides, {"seed": first.seed + s}))
-                run_dir = out / recipe.name / f"seed{s}"
+                sub = f"seed{s}"
                 run_samples = samples
-            if (run_dir / "train.json").is_file():
+            owner = trained.setdefault(training_key(recipe), recipe.name)
+            run_dir = out / owner / sub
+            if owner != recipe.name:  # same training as an earlier row: its checkpoint, this row's answers
+                shared[recipe.name] = owner
                 run = Run(run_dir)
+                eval_dir = run_dir / f"eval-test-{recipe.name}"
+                metrics_file = eval_dir / "metrics.json"
+                res = json.loads(metrics_file.read_text()) if metrics_file.is_file() else evaluate_run(
+                    run, split="test", n_boot=n_boot, out=eval_dir, procedure=recipe.inference.name,
+                    procedure_params=dict(recipe.inference.params))
+                res["checkpoint_of"] = owner
             else:
-                resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-                run = train(recipe, sources, run_dir, samples=None if resume else run_samples,
-                            resume=resume, progress=progress)
-            metrics_file = run_dir / "eval-test" / "metrics.json"
-            if metrics_file.is_file():
-                res = json.loads(metrics_file.read_text())
-            else:
-                res = evaluate_run(run, split="test", n_boot=n_boot)
+                if (run_dir / "train.json").is_file():
+                    run = Run(run_dir)
+                else:
+                    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+                    run = train(recipe, sources, run_dir, samples=None if resume else run_samples,
+                                resume=resume, progress=progress)
+                eval_dir = run_dir / "eval-test"
+                metrics_file = eval_dir / "metrics.json"
+                res = json.loads(metrics_file.read_text()) if metrics_file.is_file() else evaluate_run(
+                    run, split="test", n_boot=n_boot, out=eval_dir)
             raw.setdefault(recipe.name, []).append(res)
+            preds.setdefault(recipe.name, []).append(eval_dir / "predictions.csv")
             blocks = dict(res.get("sites") or {})
             blocks["all sites"] = res["overall"]
             for site, block in blocks.items():
                 results.setdefault(recipe.name, {}).setdefault(site, []).append(block)
+    baseline = next(iter(results))
+    comparisons = _comparisons(preds, baseline, metrics, n_boot_compare, first.seed)
     write_json(out / "results.json", raw)
-    table = seed_table(results, metrics=tuple(metrics))
+    write_json(out / "comparisons.json", {"baseline": baseline, "n_boot": n_boot_compare,
+                                          "shared_checkpoints": shared, "rows": comparisons})
+    from chestdx.evaluate.compare import differs
+
+    marks: dict[str, dict[str, set[str]]] = {}
+    for row, per_site in comparisons.items():
+        for site, figs in per_site.items():
+            marks.setdefault(site, {})[row] = {m for m, f in figs.items() if differs(f)}
+    notes = {baseline: "(baseline)", **{row: f"({owner}'s checkpoint)" for row, owner in shared.items()}}
+    table = seed_table(results, metrics=tuple(metrics), marks=marks, note=notes)
     header = (f"Recipes {', '.join(recipes)}; {f'{folds} folds' if folds else f'{seeds} seed(s)'}; data {', '.join(str(s) for s in sources)}; "
-              f"overrides {overrides or 'none'}. Binary tasks report the positive class; multi-class tasks the macro average.\n\n")
-    write_text(out / "table.md", header + table)
-    return header + table
+              f"overrides {overrides or 'none'}. Binary tasks report the positive class; multi-class tasks the macro average. "
+              f"`*`: differs from the baseline row ({baseline}): the 95% patient-level paired-bootstrap interval of "
+              "the difference excludes 0.\n\n")
+    text = header + table + "\n" + _differences_markdown(comparisons, baseline, metrics, n_boot_compare)
+    write_text(out / "table.md", text)
+    return text
 
