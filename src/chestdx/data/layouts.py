@@ -22,6 +22,7 @@ spellings found in public data sets (``COVID-19``, ``CT_NonCOVID``, ``No Finding
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import warnings
@@ -34,6 +35,8 @@ from urllib.parse import unquote
 
 from chestdx.data.readers import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
 from chestdx.errors import DataError, DatasetError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Sample",
@@ -666,6 +669,12 @@ def _covidx_image_root(label_file: Path) -> Path:
 # -------------------------------------------------------------------------------- auto-detect
 
 
+def _found(where: Path, layout: str, samples: list[Sample]) -> list[Sample]:
+    """Log the layout a source was read as (``chestdx train`` shows it) and pass the samples on."""
+    log.info("data %s: read as %s, %d images", where, layout, len(samples))
+    return samples
+
+
 def load_source(path: str | Path, class_names: Sequence[str], site: str | None = None) -> list[Sample]:
     """Read one data source, detecting its layout.
 
@@ -694,10 +703,10 @@ def load_source(path: str | Path, class_names: Sequence[str], site: str | None =
             from chestdx.data.ieee8023 import from_ieee8023, is_ieee8023_csv
 
             if is_ieee8023_csv(p):
-                return from_ieee8023(p, class_names, site)
-            return from_manifest(p, class_names, site)
+                return _found(p, "ieee8023 metadata CSV", from_ieee8023(p, class_names, site))
+            return _found(p, "CSV manifest", from_manifest(p, class_names, site))
         if suffix == ".txt":
-            return from_covidx_labels(p, _covidx_image_root(p), class_names, site)
+            return _found(p, "COVIDx label file", from_covidx_labels(p, _covidx_image_root(p), class_names, site))
         raise DatasetError(f"{p}: unsupported data source file; give a manifest .csv, a COVIDx .txt "
                            "label file or a folder")
     site = site or p.resolve().name
@@ -705,25 +714,27 @@ def load_source(path: str | Path, class_names: Sequence[str], site: str | None =
 
     for name in ("labels.csv", "metadata.csv"):  # the ieee8023 COVID-19 collection (chest X-rays)
         if (p / name).is_file() and is_ieee8023_csv(p / name):
-            return from_ieee8023(p / name, class_names, site)
+            return _found(p / name, "ieee8023 metadata CSV", from_ieee8023(p / name, class_names, site))
     for name in ("manifest.csv", "labels.csv"):
         if (p / name).is_file():
-            return from_manifest(p / name, class_names, site)
+            if (p / "split").is_dir():
+                log.info("%s: holds both %s and split/ (COVID-CT split files); reading %s", p, name, name)
+            return _found(p / name, "CSV manifest", from_manifest(p / name, class_names, site))
     if (p / "split").is_dir():
-        return from_covid_ct_splits(p, class_names, site)
+        return _found(p, "COVID-CT split files (split/)", from_covid_ct_splits(p, class_names, site))
     covidx = sorted(f for f in p.glob("*.txt") if _looks_like_covidx(f))
     if covidx:
         out: list[Sample] = []
         for f in covidx:
             out += from_covidx_labels(f, _covidx_image_root(f), class_names, site)
-        return out
+        return _found(p, f"COVIDx label files ({len(covidx)})", out)
     tried = ["manifest.csv / labels.csv", "split/ (COVID-CT)", "COVIDx *.txt label files",
              "class folders root/<class>/ or root/{train,val,test}/<class>/"]
     for root in (p, p / "images"):
         if not root.is_dir():
             continue
         try:
-            return from_class_folders(root, class_names, site)
+            return _found(root, "class folders", from_class_folders(root, class_names, site))
         except DatasetError as e:
             if e.problems:  # class folders exist but do not fit: that is the real answer
                 raise
