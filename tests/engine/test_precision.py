@@ -288,6 +288,19 @@ def test_running_converts_and_casts_back():
     assert P.to_mode_input(torch.zeros(2, 3), mode).shape == (2, 3)  # not 4D: untouched
 
 
+def test_channels_last_converts_only_4d_weights():
+    """A 3D model's 5D weights stay contiguous (``Module.to(memory_format=...)`` would raise)."""
+    m = torch.nn.ModuleDict({"c3": torch.nn.Conv3d(2, 2, 3), "c2": torch.nn.Conv2d(3, 4, 3)})
+    P.set_memory_format(m, True)
+    assert m["c2"].weight.is_contiguous(memory_format=torch.channels_last) and not m["c2"].weight.is_contiguous()
+    assert m["c3"].weight.is_contiguous()
+    P.set_memory_format(m, False)
+    assert m["c2"].weight.is_contiguous()
+    vol = torch.nn.Conv3d(1, 2, 3)
+    with P.running(vol, parse_speed("channels_last")):
+        assert vol(torch.randn(1, 1, 4, 8, 8)).shape == (1, 2, 2, 6, 6)
+
+
 def _probs(model, x, speed):
     from chestdx.engine.infer import predict_loader
 

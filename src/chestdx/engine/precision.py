@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FP32", "MEMORY_FORMATS", "COMPUTES", "SPEED_SETTINGS", "ExecMode", "InferenceSpeed", "apply_memory_format",
     "autocast", "cache_file", "candidate_modes", "device_description", "float32_output", "mode_from_precision",
-    "model_fingerprint", "measure_modes", "parse_speed", "resolve_mode", "running", "supported_computes",
+    "model_fingerprint", "measure_modes", "parse_speed", "resolve_mode", "running", "set_memory_format",
+    "supported_computes",
     "to_mode_input", "validate_speed", "example_shape", "training_device", "training_mode", "lightning_precision",
 ]
 
@@ -335,20 +336,35 @@ _CONVERTED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 only what chestdx converted, never a model its owner made channels-last)."""
 
 
+def set_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """Every 4D parameter and buffer of ``model`` (2D conv weights ``(O, I, kh, kw)``) to channels-last
+    strides, or back to contiguous, in place (same values); other tensors are left as they are. Unlike
+    ``model.to(memory_format=torch.channels_last)``, which refuses the 5D weights of a 3D model, this
+    works on any model (a 3D model's 3D convolutions stay contiguous)."""
+    import itertools
+
+    import torch
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            if t.ndim == 4 and not t.is_contiguous(memory_format=fmt):
+                t.data = t.data.contiguous(memory_format=fmt)
+    return model
+
+
 def apply_memory_format(model: nn.Module, mode: ExecMode) -> nn.Module:
     """Convert ``model``'s 4D weights to the mode's memory format, in place; returns ``model``.
 
-    ``channels_last``: ``model.to(memory_format=torch.channels_last)`` (2D / 3D / 5D tensors are
-    left as they are). ``contiguous``: converts back only a model this function made channels-last.
+    ``channels_last``: :func:`set_memory_format` (4D tensors only). ``contiguous``: converts back
+    only a model this function made channels-last.
     """
-    import torch
-
     if mode.channels_last:
         if _CONVERTED.get(model) != "channels_last":
-            model.to(memory_format=torch.channels_last)
+            set_memory_format(model, True)
             _CONVERTED[model] = "channels_last"
     elif _CONVERTED.get(model) == "channels_last":
-        model.to(memory_format=torch.contiguous_format)
+        set_memory_format(model, False)
         _CONVERTED.pop(model, None)
     return model
 
@@ -456,7 +472,10 @@ def _loss(out: Any) -> Tensor:
 
 def measure_modes(model: nn.Module, shape: Sequence[int], phase: str, device: Any, modes: Sequence[ExecMode],
                   *, warmup: int = 1, iters: int = 3, budget_s: float = 30.0) -> dict[str, float]:
-    """Seconds per step of each mode, on a copy of ``model`` and random inputs of ``shape``.
+    """Seconds per step of each mode, on copies of ``model`` and random inputs of ``shape``.
+
+    The modes are timed in turns (one step of each, then the next round), so that a machine whose
+    load changes while measuring (other processes on a shared CPU) slows every mode alike.
 
     Args:
         model: the model (copied per mode; never changed).
@@ -466,7 +485,8 @@ def measure_modes(model: nn.Module, shape: Sequence[int], phase: str, device: An
         device: where to run.
         modes: the modes to time.
         warmup: untimed steps per mode (oneDNN / cuDNN pick their kernels here).
-        iters: timed steps per mode (fewer once ``budget_s / len(modes)`` is spent); the minimum counts.
+        iters: rounds of timed steps (fewer once ``budget_s`` is spent, at least one); the
+            minimum per mode counts.
         budget_s: rough total time allowed.
 
     Returns:
@@ -475,40 +495,44 @@ def measure_modes(model: nn.Module, shape: Sequence[int], phase: str, device: An
     import torch
 
     d = _device(device)
-    per_mode = budget_s / max(1, len(modes))
-    out: dict[str, float] = {}
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(tuple(shape), generator=gen)
+
+    def step(m: nn.Module, x: Tensor, mode: ExecMode) -> None:
+        if phase == "train":
+            with autocast(mode, d):
+                loss = _loss(m(x))
+            loss.backward()
+            m.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), autocast(mode, d):
+                m(x)
+        if d.type == "cuda":
+            torch.cuda.synchronize(d)
+
+    runs: dict[str, tuple[nn.Module, Tensor, ExecMode]] = {}
+    start = time.perf_counter()
     for mode in modes:
         try:
             m = copy.deepcopy(model).to(d)
             apply_memory_format(m, mode)
             m.train(phase == "train")
             x = to_mode_input(x0.to(d), mode)
-            times: list[float] = []
-            start = time.perf_counter()
-            for i in range(warmup + iters):
-                t0 = time.perf_counter()
-                if phase == "train":
-                    with autocast(mode, d):
-                        loss = _loss(m(x))
-                    loss.backward()
-                    m.zero_grad(set_to_none=True)
-                else:
-                    with torch.no_grad(), autocast(mode, d):
-                        m(x)
-                if d.type == "cuda":
-                    torch.cuda.synchronize(d)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-                    if time.perf_counter() - start > per_mode:
-                        break
-            out[mode.name] = min(times)
-            del m
+            for _ in range(warmup):
+                step(m, x, mode)
+            runs[mode.name] = (m, x, mode)
         except Exception as e:  # noqa: BLE001 - a mode that cannot run is simply not chosen
             log.warning("speed auto: mode %s failed while measuring (%s: %s); not using it",
                         mode.name, type(e).__name__, str(e)[:200])
-    return out
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(iters):
+        for name, (m, x, mode) in runs.items():
+            t0 = time.perf_counter()
+            step(m, x, mode)
+            times[name].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return {name: min(t) for name, t in times.items() if t}
 
 
 def _pick(seconds: dict[str, float]) -> ExecMode:

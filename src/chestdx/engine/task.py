@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.config import Recipe
-from chestdx.engine.precision import FP32, ExecMode
+from chestdx.engine.precision import FP32, ExecMode, set_memory_format
 from chestdx.mixing import build_mixer
 from chestdx.models import ChestModel, ModelOutput, build_model
 from chestdx.objectives import build_objective
@@ -73,12 +73,12 @@ class ChestTask(L.LightningModule):
         """The execution mode of training (its memory format is applied here, its precision by Lightning)."""
 
     def on_fit_start(self) -> None:
-        if self.exec_mode.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        if self.exec_mode.channels_last:  # 4D weights only: a 3D model's 5D ones stay as they are
+            set_memory_format(self.model, True)
 
     def on_fit_end(self) -> None:
         if self.exec_mode.channels_last:  # leave the model as it was built (contiguous weights)
-            self.model.to(memory_format=torch.contiguous_format)
+            set_memory_format(self.model, False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Channels-last modes: the batch's 4D ``image (B, C, H, W)`` in NHWC strides (same values)."""
