@@ -100,3 +100,21 @@ def test_draw_lesions_is_rgb():
                        gt=_box(16, 16, 8, 12, 8, 12))
     assert pic.shape == (16, 16, 3) and pic.dtype == np.uint8
     assert tuple(pic[8, 8]) == (0, 255, 0)
+
+
+def test_class_metrics_agrees_with_classification_metrics_on_an_absent_class():
+    """Issue 14 item 4: y = [0,0,1,1,0,1], pred = [0,1,1,1,0,0], three class names. Class 2 never occurs
+    and is never predicted: its F1 is 0/0 and it is left out of the macro average (2/3, not 4/9)."""
+    from chestdx.evaluate.metrics import classification_metrics
+
+    y, pred = [0, 0, 1, 1, 0, 1], [0, 1, 1, 1, 0, 0]
+    names = ["normal", "pneumonia", "covid"]
+    m = class_metrics(y, pred, names)
+    probs = np.eye(3)[pred] * 0.8 + 0.2 / 3
+    ref = classification_metrics(y, probs, names, n_boot=0)
+    assert m["macro_f1"] == pytest.approx(2 / 3) and ref["macro_f1"]["value"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(ref["accuracy"]["value"]) == pytest.approx(4 / 6)
+    assert m["weighted_f1"] == pytest.approx(ref["weighted_f1"]["value"]) == pytest.approx(2 / 3)
+    assert m["weighted_precision"] == pytest.approx(ref["weighted_precision"]["value"])
+    for name in names:
+        assert m["per_class"][name]["f1"] == pytest.approx(ref["per_class"][name]["f1"]["value"])

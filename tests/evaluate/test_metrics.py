@@ -450,3 +450,22 @@ def test_cluster_weights_count_each_drawn_patient():
     assert (w[:, [0, 1, 3]].sum(axis=1) == 3).all()  # 3 patients drawn per resample
     with pytest.raises(MetricInputError, match="groups has 3 entries"):
         group_index(["a", "b", "c"], 4)
+
+
+def test_weighted_precision_and_recall_by_hand():
+    # Y3 / P3: supports 3 / 2 / 1; precision 1, 1/2, 1/2; recall 2/3, 1/2, 1
+    m = classification_metrics(Y3, P3, NAMES3, n_boot=20)
+    assert v(m, "weighted_precision") == pytest.approx((3 * 1 + 2 * 0.5 + 1 * 0.5) / 6)
+    assert v(m, "weighted_recall") == pytest.approx((3 * 2 / 3 + 2 * 0.5 + 1 * 1) / 6)  # = accuracy
+    assert v(m, "weighted_recall") == pytest.approx(v(m, "accuracy"))
+    assert m["weighted_precision"]["low"] <= v(m, "weighted_precision") <= m["weighted_precision"]["high"]
+
+
+def test_macro_average_leaves_out_a_class_that_never_occurs():
+    from chestdx.evaluate.metrics import label_metrics
+
+    m = label_metrics([0, 0, 1, 1, 0, 1], [0, 1, 1, 1, 0, 0], 3)
+    assert m["f1"] == pytest.approx([2 / 3, 2 / 3, 0.0])
+    assert m["macro_f1"] == pytest.approx(2 / 3)  # not 4/9: class 2 is 0/0
+    # a class predicted but never true counts (F1 0)
+    assert label_metrics([0, 0, 1, 1], [0, 2, 1, 1], 3)["macro_f1"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)

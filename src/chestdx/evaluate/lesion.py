@@ -134,37 +134,36 @@ def class_metrics(labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.
                   class_names: Sequence[str]) -> dict[str, Any]:
     """Per-class sensitivity, specificity, usual F1, and the paper's Eq. 14 F1.
 
+    The usual figures come from :func:`chestdx.evaluate.metrics.label_metrics`, the implementation
+    ``chestdx evaluate`` uses: a ratio with a zero denominator is 0, and the macro average leaves out
+    a class absent from both the labels and the predictions (its F1 is 0 / 0); see
+    :func:`~chestdx.evaluate.metrics.confusion_statistics` for why.
+
     Args:
         labels: ``(N,)`` true classes.
         preds: ``(N,)`` predicted classes.
+        class_names: the ``K`` class names (classes that never occur included).
 
     Returns:
         ``{"per_class": {name: {sensitivity, specificity, precision, f1, share}}, "eq14_f1",
-        "macro_f1", "weighted_f1", "accuracy", "note"}``; a ratio with a zero denominator is 0.
+        "macro_f1", "weighted_precision", "weighted_recall", "weighted_f1", "accuracy",
+        "confusion_matrix", "note"}``.
     """
-    y, p = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
+    from chestdx.evaluate.metrics import label_metrics
+
     k = len(class_names)
-    cm = np.zeros((k, k), np.int64)
-    np.add.at(cm, (y, p), 1)
-    n = max(int(cm.sum()), 1)
-
-    def div(a: float, b: float) -> float:
-        return float(a / b) if b else 0.0
-
-    per, eq14, wf1, f1s = {}, 0.0, 0.0, []
+    m = label_metrics(np.asarray(labels, dtype=int), np.asarray(preds, dtype=int), k)
+    n = max(sum(m["support"]), 1.0)
+    per, eq14 = {}, 0.0
     for c, name in enumerate(class_names):
-        tp = cm[c, c]
-        fn, fp = cm[c].sum() - tp, cm[:, c].sum() - tp
-        tn = cm.sum() - tp - fn - fp
-        sens, spec, prec = div(tp, tp + fn), div(tn, tn + fp), div(tp, tp + fp)
-        f1 = div(2 * prec * sens, prec + sens)
-        share = cm[c].sum() / n
-        eq14 += 2 * share * div(sens * spec, sens + spec)
-        wf1 += share * f1
-        f1s.append(f1)
-        per[name] = {"sensitivity": sens, "specificity": spec, "precision": prec, "f1": f1, "share": float(share)}
-    return {"per_class": per, "eq14_f1": float(eq14), "macro_f1": float(np.mean(f1s)), "weighted_f1": float(wf1),
-            "accuracy": float(np.trace(cm) / n), "confusion_matrix": cm.tolist(),
+        sens, spec = m["recall"][c], m["specificity"][c]
+        share = m["support"][c] / n
+        eq14 += 2 * share * (sens * spec / (sens + spec) if sens + spec else 0.0)
+        per[name] = {"sensitivity": sens, "specificity": spec, "precision": m["precision"][c], "f1": m["f1"][c],
+                     "share": float(share)}
+    return {"per_class": per, "eq14_f1": float(eq14), "macro_f1": m["macro_f1"],
+            "weighted_precision": m["weighted_precision"], "weighted_recall": m["weighted_recall"],
+            "weighted_f1": m["weighted_f1"], "accuracy": m["accuracy"], "confusion_matrix": m["confusion_matrix"],
             "note": "eq14_f1 is the paper's Eq. 14 (class-weighted harmonic mean of sensitivity and "
                     "specificity), not the usual F1 (harmonic mean of precision and sensitivity)"}
 

@@ -8,7 +8,9 @@ Conventions used throughout this module:
 - Per-class figures are one-vs-rest. Precision, recall (= sensitivity), specificity and F1 follow
   torchmetrics exactly: **a zero division gives 0** (``zero_division=0``). Macro averages follow the
   torchmetrics rule too: a class that is absent from both the labels and the predictions
-  (``tp + fp + fn == 0``) is left out of the average. Weighted F1 weights classes by support.
+  (``tp + fp + fn == 0``) is left out of the average. Weighted precision / recall / F1 weight
+  classes by support (the papers' "weighted average" rows). One implementation,
+  :func:`confusion_statistics`, computes every label-based figure.
 - AUC (ROC area, ties counted one half) is **undefined (NaN)** for a class with no positive or no
   negative case. Macro AUC is the mean over the classes where it is defined.
 - Intervals: percentile bootstrap (resampled with replacement, ``n_boot`` times, seeded). With
@@ -43,8 +45,10 @@ __all__ = [
     "MetricInputError",
     "aggregate",
     "classification_metrics",
+    "confusion_statistics",
     "get_metric",
     "group_index",
+    "label_metrics",
     "resample_weights",
     "summarise_seeds",
     "validate_predictions",
@@ -181,14 +185,29 @@ def _auc_weighted(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
     return out
 
 
-def _stats_from_weights(
-    y: np.ndarray, pred: np.ndarray, probs: np.ndarray, weights: np.ndarray
-) -> dict[str, np.ndarray]:
-    """All figures for each row of case weights ``(B, N)``: overall ``(B,)`` and per class ``(B, K)``."""
-    k = probs.shape[1]
-    onehot = np.zeros((y.shape[0], k * k), dtype=np.float64)
-    onehot[np.arange(y.shape[0]), y * k + pred] = 1.0
-    cm = (weights @ onehot).reshape(-1, k, k)  # (B, K, K), rows = true
+def confusion_statistics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Every label-based figure from confusion matrices: the one implementation chestdx scores with.
+
+    ``classification_metrics`` (evaluate, ensemble, table, compare), the lesion task's
+    ``class_metrics`` and the voting sweep all come through here, so they cannot disagree.
+
+    Rules (module docstring): a zero division gives 0; the macro average leaves out a class with
+    ``tp + fp + fn == 0`` (absent from both the labels and the predictions). For y = [0, 0, 1, 1, 0, 1],
+    pred = [0, 1, 1, 1, 0, 0] and three class names, macro F1 is therefore (2/3 + 2/3) / 2 = 0.667,
+    not (2/3 + 2/3 + 0) / 3 = 0.444: a class that never occurs and is never predicted has no F1 (it
+    is 0 / 0), and averaging a 0 for it would make a model's macro F1 depend on how many unused class
+    names its recipe lists. A class that is predicted but never occurs (or occurs but is never
+    predicted) has F1 0 and counts. Weighted figures weight classes by support (true count).
+
+    Args:
+        cm: ``(B, K, K)`` (weighted) counts, rows = true class, columns = predicted.
+
+    Returns:
+        ``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_specificity``, ``macro_f1``,
+        ``weighted_precision``, ``weighted_recall``, ``weighted_f1`` ``(B,)``; ``precision``,
+        ``recall``, ``specificity``, ``f1``, ``support`` ``(B, K)``.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
     tp = np.diagonal(cm, axis1=1, axis2=2)
     row = cm.sum(axis=2)  # true counts (support)
     col = cm.sum(axis=1)  # predicted counts
@@ -200,24 +219,69 @@ def _stats_from_weights(
     recall = _div0(tp, tp + fn)
     specificity = _div0(tn, tn + fp)
     f1 = _div0(2 * tp, 2 * tp + fp + fn)
-    auc = np.stack([_auc_weighted(probs[:, c], y == c, weights) for c in range(k)], axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows -> NaN
-        macro_auc = np.nanmean(auc, axis=1)
+    support = row.sum(axis=1)
     return {
         "accuracy": _div0(tp.sum(axis=1), n[:, 0]),
         "macro_precision": _macro(precision, tp, fp, fn),
         "macro_recall": _macro(recall, tp, fp, fn),
         "macro_specificity": _macro(specificity, tp, fp, fn),
         "macro_f1": _macro(f1, tp, fp, fn),
-        "weighted_f1": _div0((f1 * row).sum(axis=1), row.sum(axis=1)),
-        "macro_auc": macro_auc,
+        "weighted_precision": _div0((precision * row).sum(axis=1), support),
+        "weighted_recall": _div0((recall * row).sum(axis=1), support),
+        "weighted_f1": _div0((f1 * row).sum(axis=1), support),
         "precision": precision,
         "recall": recall,
         "specificity": specificity,
         "f1": f1,
-        "auc": auc,
+        "support": row,
     }
+
+
+def label_metrics(y_true: Any, pred: Any, num_classes: int) -> dict[str, Any]:
+    """Label-based figures of one set of predicted labels (no probabilities, no intervals).
+
+    Args:
+        y_true: ``(N,)`` true class indices; pred: ``(N,)`` predicted class indices, both in ``[0, K)``.
+        num_classes: ``K`` (the recipe's class names, including classes that never occur).
+
+    Returns:
+        :func:`confusion_statistics` of the one confusion matrix as floats (per class: ``(K,)`` lists),
+        plus ``confusion_matrix`` (K x K list of int).
+
+    Raises:
+        MetricInputError: shapes differ or a label lies outside ``[0, K)``.
+    """
+    y, p = np.asarray(y_true), np.asarray(pred)
+    if y.ndim != 1 or y.shape != p.shape:
+        raise MetricInputError(f"labels and predictions must both have shape (N,); got {y.shape} and {p.shape}")
+    k = int(num_classes)
+    y, p = y.astype(np.int64), p.astype(np.int64)
+    if ((y < 0) | (y >= k) | (p < 0) | (p >= k)).any():
+        raise MetricInputError(f"labels and predictions must lie in [0, {k})")
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (y, p), 1)
+    stats = confusion_statistics(cm[None])
+    out: dict[str, Any] = {key: (float(v[0]) if v.ndim == 1 else v[0].tolist()) for key, v in stats.items()}
+    out["confusion_matrix"] = cm.tolist()
+    return out
+
+
+def _stats_from_weights(
+    y: np.ndarray, pred: np.ndarray, probs: np.ndarray, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """All figures for each row of case weights ``(B, N)``: overall ``(B,)`` and per class ``(B, K)``."""
+    k = probs.shape[1]
+    onehot = np.zeros((y.shape[0], k * k), dtype=np.float64)
+    onehot[np.arange(y.shape[0]), y * k + pred] = 1.0
+    cm = (weights @ onehot).reshape(-1, k, k)  # (B, K, K), rows = true
+    out = confusion_statistics(cm)
+    del out["support"]
+    auc = np.stack([_auc_weighted(probs[:, c], y == c, weights) for c in range(k)], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows -> NaN
+        out["macro_auc"] = np.nanmean(auc, axis=1)
+    out["auc"] = auc
+    return out
 
 
 def group_index(groups: Sequence[Any], n: int) -> np.ndarray:
@@ -332,6 +396,8 @@ def _torchmetrics_point(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         "macro_recall": float(multiclass_recall(p, t, average="macro", **kw)),
         "macro_specificity": float(multiclass_specificity(p, t, average="macro", **kw)),
         "macro_f1": float(multiclass_f1_score(p, t, average="macro", **kw)),
+        "weighted_precision": float(multiclass_precision(p, t, average="weighted", **kw)),
+        "weighted_recall": float(multiclass_recall(p, t, average="weighted", **kw)),
         "weighted_f1": float(multiclass_f1_score(p, t, average="weighted", **kw)),
         "macro_auc": macro_auc,
         "precision": per_class(multiclass_precision),
@@ -353,6 +419,8 @@ OVERALL_METRICS = (
     "macro_recall",
     "macro_specificity",
     "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
     "weighted_f1",
     "macro_auc",
 )
@@ -408,7 +476,8 @@ def classification_metrics(
              "interval": {"method": "percentile bootstrap", "n_boot": ..., "ci": ..., "seed": ...,
                           "unit": ci_unit, "n_units": G, "note": "..."},
              "accuracy" | "macro_precision" | "macro_recall" | "macro_specificity" | "macro_f1"
-             | "weighted_f1" | "macro_auc": {"value": v, "low": lo, "high": hi},
+             | "weighted_precision" | "weighted_recall" | "weighted_f1" | "macro_auc":
+                 {"value": v, "low": lo, "high": hi},
              "per_class": {name: {"precision" | "recall" | "specificity" | "f1" | "auc": {...},
                                   "support": int}},
              "confusion_matrix": K x K list of int (rows = true, columns = predicted),

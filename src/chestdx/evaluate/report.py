@@ -51,6 +51,8 @@ _LABELS = {
     "macro_recall": "Macro recall",
     "macro_specificity": "Macro specificity",
     "macro_f1": "Macro F1",
+    "weighted_precision": "Weighted precision",
+    "weighted_recall": "Weighted recall",
     "weighted_f1": "Weighted F1",
     "macro_auc": "Macro AUC",
 }

@@ -28,11 +28,12 @@ from chestdx.utils import atomic_open
 
 
 def _acc_f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    tp = float(((pred == 1) & (y == 1)).sum())
-    fp = float(((pred == 1) & (y == 0)).sum())
-    fn = float(((pred == 0) & (y == 1)).sum())
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return float((pred == y).mean()), f1
+    """Accuracy and the positive class's F1 of binary labels ``(N,)``, by
+    :func:`chestdx.evaluate.metrics.label_metrics` (the figures ``chestdx evaluate`` reports)."""
+    from chestdx.evaluate.metrics import label_metrics
+
+    m = label_metrics(y, pred, 2)
+    return m["accuracy"], m["f1"][1]
 
 
 def sweep_voting(run: Run | str | Path, ks: Sequence[int] = (1, 5, 11, 21, 31),
