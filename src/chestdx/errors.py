@@ -57,3 +57,8 @@ class WeightsNotFoundError(ChestdxError, FileNotFoundError):
 
 class RunError(ChestdxError, FileNotFoundError):
     """A run folder is missing, incomplete, or from an incompatible version."""
+
+
+class PatientLeakError(DatasetError):
+    """A patient's images lie in more than one split, or a run tests on patients its encoder was
+    trained on: the test figures would be optimistic. Names the patients."""

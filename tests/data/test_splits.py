@@ -198,3 +198,49 @@ def test_real_xray_patient_split(real_data):
         assert set(counts["splits"][split]["classes"]) == {"normal", "pneumonia", "covid"}
     for fold in range(5):
         assert not find_patient_leaks(kfold_split(cxr, 5, fold, seed=0))
+
+
+# ------------------------------------------------------------------ leakage guard
+
+
+def test_check_patient_leaks_refuses_a_patient_in_two_splits():
+    from dataclasses import replace
+
+    from chestdx.data.splits import check_patient_leaks
+    from chestdx.errors import PatientLeakError
+
+    out = patient_split(_fake(40), (0.7, 0.15, 0.15), seed=1)
+    rep = check_patient_leaks(out)
+    assert rep["ok"] and rep["checked"] and rep["leaks_between_splits"] == 0 and rep["patients"] == 40
+    i = next(i for i, s in enumerate(out) if s.split == "train")
+    leaked = list(out)
+    leaked[i] = replace(out[i], split="test")
+    if len({s.split for s in leaked if s.patient_id == out[i].patient_id}) == 1:  # a one-slice patient
+        leaked.append(replace(out[i], path=out[i].path + ".b", split="train"))
+    with pytest.raises(PatientLeakError, match=f"s/{out[i].patient_id} \\(test, train\\)") as e:
+        check_patient_leaks(leaked)
+    assert "data.allow_patient_leaks=true" in str(e.value) and isinstance(e.value, DatasetError)
+    rep = check_patient_leaks(leaked, allow=True)
+    assert not rep["ok"] and rep["allowed"] and rep["leaks_between_splits"] == 1
+
+
+def test_test_patients_the_encoder_trained_on_are_refused():
+    from chestdx.data.splits import check_patient_leaks, find_encoder_leaks
+    from chestdx.errors import PatientLeakError
+
+    samples = _fake(30)
+    encoder = patient_split(samples, (0.7, 0.15, 0.15), seed=0)
+    same = patient_split(samples, (0.7, 0.15, 0.15), seed=0)
+    other = patient_split(samples, (0.7, 0.15, 0.15), seed=5)  # the issue: another seed, another split
+    assert find_encoder_leaks(same, encoder) == {}
+    leaks = find_encoder_leaks(other, encoder)
+    test_pts = {(s.site, s.patient_id) for s in other if s.split == "test"}
+    enc_train = {(s.site, s.patient_id) for s in encoder if s.split == "train"}
+    enc_seen = enc_train | {(s.site, s.patient_id) for s in encoder if s.split == "val"}
+    expected = {(s.site, s.patient_id) for s in other
+                if (s.split == "test" and (s.site, s.patient_id) in enc_seen)
+                or (s.split == "val" and (s.site, s.patient_id) in enc_train)}
+    assert set(leaks) == expected and expected & test_pts
+    with pytest.raises(PatientLeakError, match="seen by the encoder"):
+        check_patient_leaks(other, encoder_samples=encoder, encoder="/runs/att2")
+    assert check_patient_leaks(same, encoder_samples=encoder)["encoder_checked"]

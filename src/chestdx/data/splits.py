@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from chestdx.data.layouts import SPLITS, Sample
-from chestdx.errors import ConfigError, DatasetError
+from chestdx.errors import ConfigError, DatasetError, PatientLeakError
 
 __all__ = ["patient_key", "patient_split", "kfold_split", "kfold_train_val_test", "split_counts",
-           "find_patient_leaks"]
+           "find_patient_leaks", "find_encoder_leaks", "check_patient_leaks"]
 
 PatientKey = tuple[str, str]
 
@@ -184,6 +184,87 @@ def find_patient_leaks(samples: Sequence[Sample]) -> dict[PatientKey, list[str]]
         if s.split is not None:
             seen[patient_key(s)].add(s.split)
     return {key: sorted(sp) for key, sp in seen.items() if len(sp) > 1}
+
+
+def find_encoder_leaks(samples: Sequence[Sample], encoder_samples: Sequence[Sample]) -> dict[PatientKey, list[str]]:
+    """Patients this run validates or tests on that its (frozen, pretrained) encoder saw.
+
+    A sequence model on top of an ATT2 encoder trained on other splits of the same data is tested
+    on patients the encoder was trained on when the two runs split differently (another seed).
+    Seen: a ``test`` patient of this run in the encoder's ``train`` or ``val`` (trained on, or used
+    to pick its checkpoint); a ``val`` patient of this run in the encoder's ``train``. Two runs that
+    split alike (same data, seed and fractions) have none.
+
+    Args:
+        samples: this run's records.
+        encoder_samples: the encoder run's records (its ``samples.csv``).
+
+    Returns:
+        ``{(site, patient_id): [this run's splits, e.g. "test"]}`` for each leaking patient.
+    """
+    enc_train = {patient_key(s) for s in encoder_samples if s.split == "train"}
+    enc_seen = enc_train | {patient_key(s) for s in encoder_samples if s.split == "val"}
+    out: dict[PatientKey, set[str]] = defaultdict(set)
+    for s in samples:
+        key = patient_key(s)
+        if (s.split == "test" and key in enc_seen) or (s.split == "val" and key in enc_train):
+            out[key].add(s.split)
+    return {key: sorted(sp) for key, sp in sorted(out.items())}
+
+
+def check_patient_leaks(samples: Sequence[Sample], *, encoder_samples: Sequence[Sample] | None = None,
+                        encoder: str | None = None, allow: bool = False) -> dict[str, Any]:
+    """The leakage guard every run passes when training starts (and its evaluation reports).
+
+    Checks (1) that no patient's images lie in two splits of this run, (2) with ``encoder_samples``,
+    that the encoder run did not see this run's test / val patients (:func:`find_encoder_leaks`).
+
+    Args:
+        samples: this run's records, splits assigned.
+        encoder_samples: the encoder run's records, or None when the run has no trained encoder.
+        encoder: where the encoder run is (named in the report and the error).
+        allow: report leaks instead of refusing them (``data.allow_patient_leaks``).
+
+    Returns:
+        ``{"checked": True, "patients": n, "leaks_between_splits": n, "encoder": path or None,
+        "encoder_checked": bool, "leaks_with_encoder": n, "leaking_patients": [up to 20 "site/patient"],
+        "allowed": allow, "ok": no leak}``.
+
+    Raises:
+        PatientLeakError: a leak, unless ``allow``; the message names the patients and the way out.
+    """
+    within = find_patient_leaks(samples)
+    with_enc = find_encoder_leaks(samples, encoder_samples) if encoder_samples is not None else {}
+    names = [f"{k[0]}/{k[1]} ({', '.join(v)})" for k, v in within.items()]
+    names += [f"{k[0]}/{k[1]} ({', '.join(v)} here, seen by the encoder)" for k, v in with_enc.items()]
+    report: dict[str, Any] = {
+        "checked": True,
+        "patients": len({patient_key(s) for s in samples}),
+        "leaks_between_splits": len(within),
+        "encoder": encoder,
+        "encoder_checked": encoder_samples is not None,
+        "leaks_with_encoder": len(with_enc),
+        "leaking_patients": names[:20],
+        "allowed": bool(allow),
+        "ok": not within and not with_enc,
+    }
+    if (within or with_enc) and not allow:
+        parts = []
+        if within:
+            parts.append(f"{len(within)} patient(s) have images in more than one split")
+        if with_enc:
+            n_test = len({patient_key(s) for s in samples if s.split == "test"})
+            parts.append(f"{len(with_enc)} patient(s) of this run's val/test ({sum('test' in v for v in with_enc.values())} "
+                         f"of {n_test} test patients) are in the training or validation split of the encoder run "
+                         f"{encoder}")
+        fix = ("split by patient (give each patient one split in the manifest, or leave splits to chestdx)" if within
+               else "split this run's data exactly as the encoder run did (train it on the same data with the "
+                    "encoder's seed, `--seed N`), or train the encoder on this run's training patients only")
+        raise PatientLeakError(
+            "patient leak: " + "; ".join(parts) + f": {', '.join(names[:10])}" + (" ..." if len(names) > 10 else "")
+            + f". The test figures would be optimistic. Fix: {fix}; or, knowingly, "
+            "--set data.allow_patient_leaks=true (recorded in leakage.json and the evaluation report).")
+    return report
 
 
 def split_counts(samples: Sequence[Sample], class_names: Sequence[str] | None = None) -> dict[str, Any]:

@@ -55,6 +55,85 @@ def load_samples(sources: Sequence[str | Path], recipe: Recipe, check: bool = Tr
     return samples
 
 
+def encoder_run_folder(recipe: Recipe) -> Path | None:
+    """The run folder of a recipe's trained encoder (``model.params.encoder``: a run folder or a
+    ``.ckpt`` inside ``RUN/checkpoints/``), or None when it has none (``none``, a bundle's dict)."""
+    spec = recipe.model.params.get("encoder")
+    if not isinstance(spec, (str, Path)) or str(spec) in ("", "none"):
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return None
+
+
+def patient_leak_check(recipe: Recipe, samples: Sequence[Any], out: str | Path | None = None, *,
+                       refuse: bool = True) -> dict[str, Any]:
+    """Check a run's splits for patient leaks, including against its encoder run's ``samples.csv``.
+
+    Called when training starts (``engine/train.py``): a leak is refused unless the recipe says
+    ``data.allow_patient_leaks: true``; the report is written to ``OUT/leakage.json`` and stated by
+    ``chestdx evaluate``. See :func:`chestdx.data.splits.check_patient_leaks`.
+
+    Args:
+        recipe: the run's recipe (``data.allow_patient_leaks``, ``model.params.encoder``).
+        samples: the run's slice records with splits.
+        out: run folder to write ``leakage.json`` into (created), or None.
+        refuse: raise on a leak (unless allowed); False: only report (evaluation).
+
+    Returns:
+        the report of :func:`~chestdx.data.splits.check_patient_leaks`, with ``encoder_samples``
+        (the file read, or None) and ``note``.
+
+    Raises:
+        PatientLeakError: a leak, with ``refuse`` and without ``data.allow_patient_leaks``.
+    """
+    from chestdx.data.splits import check_patient_leaks
+    from chestdx.engine.run import read_samples
+    from chestdx.utils import write_json
+
+    allow = bool(getattr(recipe.data, "allow_patient_leaks", False))
+    folder = encoder_run_folder(recipe)
+    enc_file = folder / "samples.csv" if folder is not None else None
+    enc_samples = read_samples(enc_file) if enc_file is not None and enc_file.is_file() else None
+    note = "splits checked for patients in two splits"
+    if folder is not None and enc_samples is None:
+        log.warning("leakage check: the encoder run %s has no samples.csv; its training patients are not checked "
+                    "against this run's test patients", folder)
+        note += f"; encoder {folder} has no samples.csv: not checked against it"
+    elif enc_samples is not None:
+        note += f", and this run's val/test patients against the encoder run's train/val ({enc_file})"
+    report = check_patient_leaks(samples, encoder_samples=enc_samples, encoder=str(folder) if folder else None,
+                                 allow=allow or not refuse)
+    report["allowed"] = allow
+    report["encoder_samples"] = str(enc_file) if enc_samples is not None else None
+    report["note"] = note
+    if not report["ok"]:
+        log.warning("patient leak allowed (data.allow_patient_leaks): %s", ", ".join(report["leaking_patients"]))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out) / "leakage.json", report)
+    return report
+
+
+def leakage_markdown(report: dict[str, Any]) -> str:
+    """One line for an evaluation report: what the leakage check found."""
+    if report.get("ok"):
+        what = f"no patient in two splits ({report['patients']} patients)"
+        if report.get("encoder_checked"):
+            what += "; no val/test patient in the encoder run's train/val"
+        elif report.get("encoder"):
+            what += f"; encoder run {report['encoder']} not checked (no samples.csv)"
+        return f"Leakage check: passed: {what}."
+    return (f"Leakage check: **FAILED**: {report['leaks_between_splits']} patient(s) in two splits, "
+            f"{report['leaks_with_encoder']} val/test patient(s) seen by the encoder "
+            f"({', '.join(report['leaking_patients'][:5])}); "
+            f"{'allowed by data.allow_patient_leaks' if report.get('allowed') else 'not allowed in training'}: "
+            "the figures are optimistic.")
+
+
 class ChestDataModule(L.LightningDataModule):
     """Train / val / test loaders over one or several sites.
 
