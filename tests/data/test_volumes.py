@@ -235,3 +235,43 @@ def test_zip_members_that_are_not_dicom_skipped_without_parsing(tmp_path):
     reasons = dict(meta.skipped)
     assert sorted(reasons) == [f"junk{k}.dcm" for k in range(8)]
     assert all("not a DICOM file" in why and "chestdx-zip-" not in why for why in reasons.values())
+
+
+def test_monochrome1_series_with_a_window_reads_as_read_image(tmp_path):
+    """Issue 17: three MONOCHROME1 slices at HU -1000 / -600 / 0, window (-600, 1500): read_image gives
+    1 - (HU + 1350) / 1500 = 0.767 / 0.5 / 0.1; read_volume gave 1.0 / 1.0 / 1.0 (the window applied to
+    the mirrored stored values)."""
+    hu = [-1000, -600, 0]
+    (tmp_path / "s").mkdir()
+    for k, v in enumerate(hu):
+        write_dicom(tmp_path / "s" / f"{k}.dcm", np.full((4, 4), v + 1024, np.uint16), intercept=-1024.0, photometric="MONOCHROME1",
+                    series_uid="1.2.5", position=(0.0, 0.0, 10.0 * k))
+    window = (-600.0, 1500.0)
+    vol, _ = read_volume(tmp_path / "s", hu_window=window)
+    alone = [float(read_image(tmp_path / "s" / f"{k}.dcm", hu_window=window)[0, 0]) for k in range(3)]
+    assert alone == pytest.approx([1 - 350 / 1500, 0.5, 0.1], abs=1e-6)
+    assert vol[:, 0, 0].tolist() == pytest.approx(alone, abs=1e-6)
+    # and in a zip, and as a multi-frame file
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as z:
+        for k in range(3):
+            z.write(tmp_path / "s" / f"{k}.dcm", f"{k}.dcm")
+    assert read_volume(tmp_path / "s.zip", hu_window=window)[0][:, 0, 0].tolist() == pytest.approx(alone, abs=1e-6)
+    frames = np.stack([np.full((4, 4), v + 1024, np.uint16) for v in hu])
+    write_dicom(tmp_path / "mf.dcm", frames, intercept=-1024.0, photometric="MONOCHROME1", frames=3)
+    assert read_volume(tmp_path / "mf.dcm", hu_window=window)[0][:, 0, 0].tolist() == pytest.approx(alone, abs=1e-6)
+
+
+def test_series_with_flipped_orientation_is_still_inferior_to_superior(tmp_path):
+    """Columns running posterior -> anterior (ImageOrientationPatient 1\\0\\0\\0\\-1\\0) turn the cross product
+    to -z; the slices must still come inferior (low z) first."""
+    import pydicom
+
+    (tmp_path / "s").mkdir()
+    for k in range(3):
+        f = write_dicom(tmp_path / "s" / f"IM{2 - k}", np.full((2, 2), 100 * k, np.uint16), series_uid="1.2.6", position=(0.0, 0.0, 5.0 * k))
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "-1", "0"]
+        ds.save_as(f, enforce_file_format=True)
+    vol, meta = read_volume(tmp_path / "s")
+    assert meta.order == "position"
+    assert vol[:, 0, 0].tolist() == [0.0, 100.0, 200.0]  # z = 0, 5, 10: inferior -> superior

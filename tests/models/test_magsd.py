@@ -87,3 +87,18 @@ def test_bad_parameters():
         MANet(2, backbone="resnet18", pooling="max")
     with pytest.raises(ConfigError):
         build_model(ModelConfig(name="magsd", backbone="resnet18", params={"maps": 3}), num_classes=2)
+
+
+@pytest.mark.parametrize("pooling, trained", [("attention", True), ("gap", False), ("gmp", False)])
+def test_which_poolings_train_the_attention_maps(pooling, trained):
+    """Table 6's GAP / GMP rows: the classification loss does not reach the attention convs, so the
+    attention-guided augmentation of those rows runs on maps that stay at their initialisation
+    (fixed random 1x1 projections of the features; docs/magsd.md). Attention pooling trains them."""
+    torch.manual_seed(0)
+    model = MANet(3, backbone="resnet18", num_maps=4, scales=2, pooling=pooling)
+    out = model(torch.randn(2, 1, 64, 64))
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 2])).backward()
+    grads = [p.grad for p in model.attention.parameters()]
+    reached = any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    assert reached is trained
+    assert float(model.head.weight.grad.abs().sum()) > 0  # the classifier trains in every row

@@ -90,3 +90,18 @@ def test_class_weights_weight_only_the_cross_entropy():
         build_objective("soft_distance", {"class_weights": "balanced"}, num_classes=2)
     with pytest.raises(ConfigError, match="3 values"):
         build_objective("soft_distance", {"class_weights": [1, 2, 3]}, num_classes=2)
+
+
+def test_smoothing_leaves_the_cross_entropy_target_alone_for_soft_targets():
+    """``smoothing`` changes only the distance term's G: a (B, K) one-hot target gives the same loss
+    and the same cross-entropy as the integer labels (it used to smooth the CE target too)."""
+    torch.manual_seed(0)
+    primary, aux = torch.randn(4, 3), torch.randn(2, 4, 3)
+    y = torch.tensor([0, 2, 1, 2])
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    for distance in ("soft", "l2"):
+        a = soft_distance(primary, aux, y, distance=distance, smoothing=0.01, return_parts=True)
+        b = soft_distance(primary, aux, onehot, distance=distance, smoothing=0.01, return_parts=True)
+        for x1, x2 in zip(a, b, strict=True):
+            torch.testing.assert_close(x1, x2)
+        torch.testing.assert_close(b[1], torch.nn.functional.cross_entropy(primary, y))

@@ -179,9 +179,108 @@ class Augment(Transform, RandomizableTrait):
         return out
 
 
+#: mag-sd-multiscale-attention-cxr.txt, Table 2 ("Augmentations used and factor setting"), with the
+#: one factor the paper does not give: the area kept by the resized crop (chestdx's choice, 64-100%
+#: of the image = 80-100% of each side, a zoom of up to 1.25x).
+MAGSD_TABLE2: dict[str, Any] = {
+    "brightness": (0.5, 1.0),  # "Random chosen brightness factor from [0.5, 1.0]"
+    "contrast": (0.7, 1.0),  # "Random chosen contrast factor from [0.7, 1.0]"
+    "crop_scale": (0.64, 1.0),  # "Random cropping then resize to 224 * 224" (area fraction: chestdx's choice)
+    "crop_ratio": (3 / 4, 4 / 3),  # torchvision's default aspect-ratio range
+    "rotation": (0.0, 120.0),  # "Random rotation from [0, 120]"
+}
+
+
+def adjust_brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """Brightness factor ``f`` of a normalised image: ``x' = m + (x - m) f`` with ``m = x.min()``.
+
+    Equals multiplying the [0, 1] intensities by ``f`` before the z-score (torchvision's
+    ``adjust_brightness``) when the darkest pixel is black (0), as after chestdx's min-max scaling:
+    z-scoring is affine, so the darkest value stays and every other value moves towards it.
+    ``(C, H, W)`` -> ``(C, H, W)``.
+    """
+    m = image.amin()
+    return m + (image - m) * factor
+
+
+def adjust_contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """Contrast factor ``c``: ``x' = mean + (x - mean) c`` (torchvision's ``adjust_contrast`` blends
+    with the grey mean the same way; affine, so the same before or after the z-score). ``(C, H, W)``."""
+    mean = image.mean()
+    return mean + (image - mean) * factor
+
+
+class MagsdAugment(Transform, RandomizableTrait):
+    """MAG-SD's training augmentation (Table 2 and Sec. 4.2): "Random number of transformations were
+    chosen from a sequence of linear transformation for each training sequence".
+
+    The sequence, in the table's order: brightness (factor from [0.5, 1.0]), contrast (factor from
+    [0.7, 1.0]), resized crop (a crop of 64-100% of the area, resized back: a zoom-in, no fill),
+    rotation (an angle from [0, 120] degrees), horizontal flip, vertical flip. For each image a number
+    ``n`` is drawn uniformly from ``0..6`` and ``n`` of the six (drawn without replacement) are applied,
+    in that order, each at its full probability. Chosen where the paper is silent (``docs/magsd.md``):
+    the crop's area range, ``n`` from 0 (an image may go through unchanged), the order. Geometry acts on
+    ``lesion`` alike. Randomness from torch's generator (seeded per worker).
+
+    Attributes:
+        last_applied: names of the operations applied to the last item (for tests and logs).
+    """
+
+    OPS = ("brightness", "contrast", "resized_crop", "rotation", "hflip", "vflip")
+
+    def __init__(self, table: dict[str, Any] | None = None):
+        t = dict(MAGSD_TABLE2, **(table or {}))
+        self.table = t
+        self.last_applied: list[str] = []
+
+    def _uniform(self, lo: float, hi: float) -> float:
+        return float(lo + (hi - lo) * torch.rand(()))
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as F
+
+        out = dict(item)
+        img, les = item["image"], tv_tensors.Mask(item["lesion"])
+        n = int(torch.randint(0, len(self.OPS) + 1, ()))
+        chosen = sorted(torch.randperm(len(self.OPS))[:n].tolist())
+        t = self.table
+        self.last_applied = [self.OPS[i] for i in chosen]
+        for name in self.last_applied:
+            if name == "brightness":
+                img = adjust_brightness(img, self._uniform(*t["brightness"]))
+            elif name == "contrast":
+                img = adjust_contrast(img, self._uniform(*t["contrast"]))
+            elif name == "resized_crop":
+                size = list(img.shape[-2:])
+                top, left, h, w = v2.RandomResizedCrop.get_params(img, list(t["crop_scale"]), list(t["crop_ratio"]))
+                img = F.resized_crop(img, top, left, h, w, size, interpolation=v2.InterpolationMode.BILINEAR,
+                                     antialias=True)
+                les = F.resized_crop(les, top, left, h, w, size, interpolation=v2.InterpolationMode.NEAREST)
+            elif name == "rotation":
+                angle = self._uniform(*t["rotation"])
+                fill = float(img.amin())  # the background (black) of the image, not 0 of the z-score
+                img = F.rotate(img, angle, interpolation=v2.InterpolationMode.BILINEAR, fill=[fill])
+                les = F.rotate(les, angle, interpolation=v2.InterpolationMode.NEAREST)
+            elif name == "hflip":
+                img, les = F.horizontal_flip(img), F.horizontal_flip(les)
+            else:
+                img, les = F.vertical_flip(img), F.vertical_flip(les)
+        out["image"], out["lesion"] = torch.as_tensor(img).as_subclass(torch.Tensor), les.as_subclass(torch.Tensor)
+        return out
+
+
+def make_augment(cfg: AugmentConfig) -> Transform:
+    """The training augmentation of ``data.augment``: ``policy: chestdx`` -> :class:`Augment` (its
+    fields), ``policy: magsd_table2`` -> :class:`MagsdAugment` (MAG-SD's Table 2; the other fields unused)."""
+    if getattr(cfg, "policy", "chestdx") == "magsd_table2":
+        return MagsdAugment()
+    return Augment(cfg)
+
+
 def build_pipeline(cfg: DataConfig, train: bool) -> Compose:
     """The MONAI chain for one split: preprocessing, then augmentation when ``train``."""
     steps: list[Any] = [LoadPreprocess(cfg)]
     if train:
-        steps.append(Augment(cfg.augment))
+        steps.append(make_augment(cfg.augment))
     return Compose(steps, map_items=False)

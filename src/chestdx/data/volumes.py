@@ -11,7 +11,9 @@ scales them to ``[0, 1]``. Slice images (PNG/JPEG) come in ``[0, 1]``.
 Choices made where the input is ambiguous:
 
 - DICOM series order: the position of each slice along the slice normal (``ImagePositionPatient``
-  projected on the cross product of the two ``ImageOrientationPatient`` directions), ascending;
+  projected on the cross product of the two ``ImageOrientationPatient`` directions, turned to point
+  to the head, +z of the patient frame, where it has a z component), ascending, so inferior ->
+  superior even when the orientation's rows or columns are flipped;
   where positions are missing, ``InstanceNumber``; where both are missing, the file name in natural
   order. Files that are not DICOM images (``DICOMDIR``, text, thumbnails) are skipped and counted.
 - A folder that holds more than one series (``SeriesInstanceUID``) is refused with the list of series
@@ -208,11 +210,14 @@ def _slice_position(ds: Any, p: Path) -> float | None:
     if ipp is None or iop is None:
         return None
     normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    if normal[2] < 0:  # DICOM patient z points to the head: ascending = inferior -> superior, whichever
+        normal = -normal  # way the rows / columns run (a flipped orientation turns the cross product)
     return float(np.dot(normal, np.asarray(ipp)))
 
 
 def _dicom_series(folder: Path, paths: list[Path], series_uid: str | None,
-                  max_voxels: int | None = MAX_VOLUME_VOXELS) -> tuple[np.ndarray, VolumeMeta]:
+                  max_voxels: int | None = MAX_VOLUME_VOXELS,
+                  hu_window: tuple[float, float] | None = None) -> tuple[np.ndarray, VolumeMeta]:
     files, skipped, uid = _dicom_files(paths, folder, series_uid)
     total = 0
     for p, ds in files:  # from the headers, before any pixel is decoded
@@ -240,7 +245,8 @@ def _dicom_series(folder: Path, paths: list[Path], series_uid: str | None,
     names = []
     for j, i in enumerate(order):
         p, _ = files[int(i)]
-        arr = _dicom_to_array(_dcmread(p), p, None, None, raw=False, max_pixels=max_voxels)
+        # windowed per slice as read_image does it (MONOCHROME1 inverted after the window)
+        arr = _dicom_to_array(_dcmread(p), p, hu_window, None, raw=False, max_pixels=max_voxels)
         if vol is None:
             vol = np.empty((len(files),) + arr.shape, np.float32)
         elif arr.shape != vol.shape[1:]:
@@ -280,7 +286,8 @@ def _slice_folder(folder: Path, paths: list[Path],
 
 
 def _folder_volume(folder: Path, paths: list[Path], series_uid: str | None,
-                   max_voxels: int | None = MAX_VOLUME_VOXELS) -> tuple[np.ndarray, VolumeMeta]:
+                   max_voxels: int | None = MAX_VOLUME_VOXELS,
+                   hu_window: tuple[float, float] | None = None) -> tuple[np.ndarray, VolumeMeta]:
     paths = [p for p in paths if p.is_file() and not p.name.startswith(".")]
     if not paths:
         raise DataError(folder, "folder is empty (no files directly inside; point at the series folder)")
@@ -291,7 +298,7 @@ def _folder_volume(folder: Path, paths: list[Path], series_uid: str | None,
         except (DataError, OSError):
             kinds.add("unreadable")
     if "dicom" in kinds:
-        return _dicom_series(folder, paths, series_uid, max_voxels)
+        return _dicom_series(folder, paths, series_uid, max_voxels, hu_window)
     return _slice_folder(folder, paths, max_voxels)
 
 
@@ -397,7 +404,8 @@ def _unzip(path: Path, dest: Path, max_bytes: int, max_members: int = MAX_ZIP_ME
 
 
 def _zip_volume(p: Path, series_uid: str | None, max_voxels: int | None, max_unzipped_bytes: int,
-                max_zip_members: int, max_member_bytes: int) -> tuple[np.ndarray, VolumeMeta]:
+                max_zip_members: int, max_member_bytes: int,
+                hu_window: tuple[float, float] | None = None) -> tuple[np.ndarray, VolumeMeta]:
     """Read a zip as a folder; every error and skipped-file reason names the zip and the member,
     never the temporary folder."""
     with tempfile.TemporaryDirectory(prefix="chestdx-zip-") as tmp:
@@ -410,7 +418,7 @@ def _zip_volume(p: Path, series_uid: str | None, max_voxels: int | None, max_unz
             return text.replace(str(Path(tmp).resolve()), "").replace(tmp, "")
 
         try:
-            vol, meta = _folder_volume(p, [t for t, _ in unpacked], series_uid, max_voxels)
+            vol, meta = _folder_volume(p, [t for t, _ in unpacked], series_uid, max_voxels, hu_window)
         except DataError as e:
             where = f"zip member {member[e.path]!r}: " if e.path in member else ""
             raise DataError(p, where + clean(e.problem)) from None
@@ -494,9 +502,10 @@ def read_volume(path: str | Path, *, hu_window: tuple[float, float] | None = Non
     if not p.exists():
         raise DataError(p, "not found")
     if p.is_dir():
-        vol, meta = _folder_volume(p, sorted(p.iterdir()), series_uid, max_voxels)
+        vol, meta = _folder_volume(p, sorted(p.iterdir()), series_uid, max_voxels, hu_window)
     elif _is_zip(p):
-        vol, meta = _zip_volume(p, series_uid, max_voxels, max_unzipped_bytes, max_zip_members, max_member_bytes)
+        vol, meta = _zip_volume(p, series_uid, max_voxels, max_unzipped_bytes, max_zip_members, max_member_bytes,
+                                hu_window)
     else:
         p = _open_checked(p)
         kind = _kind(p)
@@ -512,12 +521,12 @@ def read_volume(path: str | Path, *, hu_window: tuple[float, float] | None = Non
                        "samples)", "voxels")
             vol = np.empty((n, rows, cols), np.float32)
             for i in range(n):  # one frame decoded at a time (pydicom >= 3)
-                vol[i] = _dicom_to_array(ds, p, None, i, raw=False, max_pixels=max_voxels)
+                vol[i] = _dicom_to_array(ds, p, hu_window, i, raw=False, max_pixels=max_voxels)
             meta = VolumeMeta(source=str(p), kind="dicom_multiframe", files=[str(p)])
         else:
             raise DataError(p, "is a single 2D image, not a volume (use read_image, or give a folder, "
                             "a zip, a NIfTI or a .npy volume)")
     _check_array(p, vol, "volume", ndim=3)
-    if hu_window is not None and meta.kind != "slices":  # slice pictures carry no HU
-        vol = apply_hu_window(vol, hu_window)
+    if hu_window is not None and meta.kind in ("nifti", "npy"):  # DICOM: windowed per slice above, as
+        vol = apply_hu_window(vol, hu_window)  # read_image windows it; slice pictures carry no HU
     return vol.astype(np.float32, copy=False), meta

@@ -73,8 +73,9 @@ def soft_distance(primary_logits: Tensor, aux_logits: Tensor, target: Tensor, th
         target: ``(B,)`` integer labels or ``(B, K)`` one-hot / soft targets.
         threshold: theta, the confidence above which the primary prediction is the reference.
         distance: ``soft`` (Algorithm 1) or ``l2`` (Table 8's alternative).
-        smoothing: off-target value of the ground-truth reference (0 = one-hot, the paper; 0.01 =
-            the reference code).
+        smoothing: off-target value of the ground-truth reference G of the distance term (0 =
+            one-hot, the paper; 0.01 = the reference code). The cross-entropy target is never
+            smoothed (integer or ``(B, K)`` targets alike).
         return_parts: also return ``(ce, distance)``.
         class_weight: ``(K,)`` weights of the cross-entropy term (weighted mean over the images);
             None = unweighted, the paper.
@@ -94,8 +95,12 @@ def soft_distance(primary_logits: Tensor, aux_logits: Tensor, target: Tensor, th
         aux_logits = aux_logits[None]
     if aux_logits.ndim != 3 or tuple(aux_logits.shape[1:]) != (b, k):
         raise ValueError(f"soft_distance: aux_logits must be (V, B, K) = (V, {b}, {k}), got {tuple(aux_logits.shape)}")
-    y, g = _ground_truth(target.to(primary_logits.device), b, k, smoothing)
-    ce = soft_cross_entropy(primary_logits, g if target.ndim == 2 else F.one_hot(y, k).float(), class_weight)
+    target = target.to(primary_logits.device)
+    y, g = _ground_truth(target, b, k, smoothing)
+    # the cross-entropy reads the target as given (integer -> one-hot, (B, K) -> itself): ``smoothing``
+    # only changes the distance term's reference G, whatever form the target has
+    ce = soft_cross_entropy(primary_logits, target.float() if target.ndim == 2 else F.one_hot(y, k).float(),
+                            class_weight)
     if aux_logits.shape[0] == 0:
         d = primary_logits.new_zeros(())
     else:
