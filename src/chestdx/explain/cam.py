@@ -26,6 +26,7 @@ display.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -169,4 +170,89 @@ def volume_cam(model: ChestModel, volumes: Tensor, target: Tensor | int | Sequen
     return (maps / peak.view(-1, 1, 1, 1)).clamp(0, 1)
 
 
-__all__ = ["cam", "cam_from_features", "normalize_maps", "upsample_map", "volume_cam"]
+#: Finer map kinds: name -> (method, stride of the stage it is taken at); see :func:`stage_cam`.
+FINE_KINDS: dict[str, tuple[str, int]] = {
+    "gradcam16": ("gradcam", 16),
+    "layercam16": ("layercam", 16),
+    "layercam8": ("layercam", 8),
+    "fused16": ("fused", 16),
+}
+
+
+def _staged_backbone(model: ChestModel) -> Any:
+    from chestdx.errors import ConfigError
+    from chestdx.models.backbones import Backbone
+    from chestdx.models.classifier import ResNetMLP
+
+    bb = getattr(model, "backbone", None)
+    if not isinstance(model, ResNetMLP) or not isinstance(bb, Backbone):
+        raise ConfigError(f"{type(model).__name__} gives no stage maps (finer CAM kinds {sorted(FINE_KINDS)} "
+                          "need a backbone + pooled-head classifier); use kind 'cam' or 'auto'")
+    return bb
+
+
+def stage_cam(model: ChestModel, images: Tensor, kind: str,
+              target: Tensor | int | Sequence[int] | None = None) -> Tensor:
+    """A CAM at a finer output stride than the last stage, at feature (grid) resolution.
+
+    Kinds (:data:`FINE_KINDS`), with ``A`` the stage's features ``(B, C, h, w)`` and ``g = d logit_target / d A``
+    (the gradient flows through the later stages and the head; the classification is untouched):
+
+    - ``gradcam16``: Grad-CAM at the stride-16 stage, ``ReLU(sum_k (sum_xy g_k) A_k)`` (ResNet layer3);
+    - ``layercam16`` / ``layercam8``: LayerCAM (Jiang et al. 2021) at stride 16 / 8,
+      ``ReLU(sum_k ReLU(g_k(x, y)) A_k(x, y))``: position-wise weights, which keep the finer stage's detail;
+    - ``fused16``: the last-stage CAM (stride 32, :func:`cam_from_features`) bilinearly upsampled to the
+      stride-16 grid, times the ``gradcam16`` map, square root (each scaled to peak 1 first): where both agree.
+
+    Args:
+        model: a backbone + pooled-head classifier (:class:`~chestdx.models.classifier.ResNetMLP`, any backbone).
+        images: ``(B, C, H, W)``.
+        target: ``None`` (the predicted class), an int, ``(B,)`` labels or ``(B, K)`` soft targets.
+
+    Returns:
+        ``(B, h, w)`` non-negative float32 maps, ``h = H / stride`` (rounded up as the network does).
+
+    Raises:
+        ConfigError: an unknown kind, a model without stage features, or a backbone with no stage at that stride.
+    """
+    from chestdx.errors import ConfigError
+
+    if kind not in FINE_KINDS:
+        raise ConfigError(f"unknown fine CAM kind {kind!r}; choose one of {sorted(FINE_KINDS)}")
+    method, stride = FINE_KINDS[kind]
+    bb = _staged_backbone(model)
+    strides = list(bb.stage_strides)
+    if stride not in strides:
+        raise ConfigError(f"backbone '{bb.name}' has no stage at stride {stride} (strides {strides})")
+    si = strides.index(stride)
+    with torch.enable_grad(), torch.autocast(images.device.type, enabled=False):
+        x = images.detach().float().requires_grad_(True)  # builds the graph even with frozen parameters
+        final, stages = bb.forward_stages(x)
+        a = stages[si]
+        logits, _ = model.forward_head(final)
+        t = _as_target(target, logits)
+        score = logits.float().gather(1, t[:, None]).sum()
+        ga, gf = torch.autograd.grad(score, [a, final])
+    a, ga = a.detach().float(), ga.float()
+    if method == "layercam":
+        return F.relu((F.relu(ga) * a).sum(dim=1))
+    fine = F.relu((ga.sum(dim=(2, 3), keepdim=True) * a).sum(dim=1))
+    if method == "gradcam":
+        return fine
+    coarse = F.relu((gf.float().sum(dim=(2, 3), keepdim=True) * final.detach().float()).sum(dim=1))
+    coarse = upsample_map(coarse, fine.shape[1:])
+
+    def unit(m: Tensor) -> Tensor:
+        return m / m.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
+
+    return torch.sqrt(unit(coarse) * unit(fine))
+
+
+def fine_cam(model: ChestModel, images: Tensor, kind: str,
+             target: Tensor | int | Sequence[int] | None = None) -> Tensor:
+    """:func:`stage_cam` bilinearly upsampled to the input: ``(B, C, H, W)`` -> ``(B, H, W)`` raw maps."""
+    return upsample_map(stage_cam(model, images, kind, target), images.shape[2:])
+
+
+__all__ = ["FINE_KINDS", "cam", "cam_from_features", "fine_cam", "normalize_maps", "stage_cam", "upsample_map",
+           "volume_cam"]

@@ -7,7 +7,14 @@ show.
   both maps upsampled (resnet50-att2 paper, Fig. 7; :func:`~chestdx.explain.attention_masks.combine_attention`);
 - a model with a mean attention map (``maps["attention"]``, MAG-SD): that map upsampled
   (:func:`~chestdx.explain.localize.attention_heatmap`);
-- any other model: CAM / Grad-CAM of the predicted class (:func:`~chestdx.explain.cam.cam`).
+- any other model: :data:`DEFAULT_CNN_KIND` of the predicted class, the kind that scored best
+  against phantom lesion masks (docs/explain.md); models without stage features fall back to CAM /
+  Grad-CAM at the last stage (:func:`~chestdx.explain.cam.cam`).
+
+Kinds that can be asked for: ``cam`` (last stage, stride 32: 2 x 2 at 64 px, 7 x 7 at 224 px), the finer
+CAMs of :data:`~chestdx.explain.cam.FINE_KINDS` (``gradcam16``, ``layercam16``, ``layercam8``,
+``fused16``, :func:`~chestdx.explain.cam.stage_cam`), ``attention`` (MAG-SD) and ``att2`` (ResNet50-ATT2).
+A heatmap never changes the answer: the classifier and CAM voting's own CAM are untouched.
 
 Every map is scaled to ``[0, 1]`` per image (an all-zero map stays zero).
 """
@@ -20,9 +27,11 @@ from torch import Tensor
 from chestdx.errors import ConfigError
 from chestdx.models import ChestModel, ModelOutput
 
-__all__ = ["HEATMAP_KINDS", "heatmap"]
+__all__ = ["DEFAULT_CNN_KIND", "HEATMAP_KINDS", "heatmap", "heatmap_grid"]
 
-HEATMAP_KINDS = ("auto", "cam", "attention", "att2")
+HEATMAP_KINDS = ("auto", "cam", "gradcam16", "layercam16", "layercam8", "fused16", "attention", "att2")
+#: What ``auto`` draws for a CNN classifier (measured: docs/explain.md).
+DEFAULT_CNN_KIND = "cam"
 
 
 def _unit(maps: Tensor) -> Tensor:
@@ -39,10 +48,13 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
         ConfigError: an unknown ``kind``, or a kind the model cannot give.
     """
     from chestdx.explain.attention_masks import combine_attention
-    from chestdx.explain.cam import cam
+    from chestdx.explain.cam import FINE_KINDS, cam, fine_cam
 
     if kind not in HEATMAP_KINDS:
         raise ConfigError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}")
+    if kind in FINE_KINDS:
+        target = None if out is None else out.logits.detach().argmax(dim=1)
+        return _unit(fine_cam(model, images, kind, target).detach()), kind
     if kind != "cam" and out is None:
         with torch.no_grad():
             out = model(images)
@@ -55,4 +67,28 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
             return attention_heatmap(model, images, out), "attention"
         if kind != "auto":
             raise ConfigError(f"{type(model).__name__} makes no {kind} maps; use kind 'cam' or 'auto'")
+    if kind == "auto" and DEFAULT_CNN_KIND != "cam" and images.ndim == 4:
+        try:
+            target = out.logits.detach().argmax(dim=1) if out is not None else None
+            return _unit(fine_cam(model, images, DEFAULT_CNN_KIND, target).detach()), DEFAULT_CNN_KIND
+        except ConfigError:  # no stage features (another architecture): the last-stage CAM
+            pass
     return _unit(cam(model, images, out=out).detach()), "cam"
+
+
+def heatmap_grid(model: ChestModel, kind: str, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The grid ``(h, w)`` a map of ``kind`` (the kind :func:`heatmap` reported) is computed on, for an
+    input of ``size (H, W)``: e.g. ``(2, 2)`` for ``cam`` of a ResNet at 64 px, ``(4, 4)`` for
+    ``gradcam16``. None where it cannot be told (attention kinds, a model without a backbone)."""
+    from chestdx.explain.cam import FINE_KINDS
+
+    bb = getattr(model, "backbone", None)
+    if kind == "cam":
+        stride = getattr(bb, "feature_stride", None)
+    elif kind in FINE_KINDS:
+        stride = FINE_KINDS[kind][1]
+    else:
+        return None
+    if not stride:
+        return None
+    return (-(-int(size[0]) // int(stride)), -(-int(size[1]) // int(stride)))
