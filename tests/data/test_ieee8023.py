@@ -27,6 +27,7 @@ META = """patientid,offset,finding,view,modality,folder,filename
     ("No Finding", "normal"), ("Streptococcus", "bacterial"), ("Mycoplasma Bacterial Pneumonia", "bacterial"),
     ("Pneumonia/Bacterial/Klebsiella", "bacterial"), ("SARS", "viral"), ("Varicella", "viral"),
     ("Pneumocystis", "fungal"), ("Lipoid", "pneumonia"), ("ARDS", "pneumonia"), ("Pneumonia", "pneumonia"),
+    ("todo", "unknown"), ("Unknown", "unknown"), ("", "unknown"),
 ])
 def test_finding_category(finding, category):
     assert finding_category(finding) == category
@@ -77,3 +78,31 @@ def test_real_cxr_subset(real_data):
         img = pre({"path": s.path, "box": None, "mask": None})["image"]
         assert img.shape == (1, 64, 64)
         assert abs(float(img.mean())) < 1e-4 and abs(float(img.std()) - 1) < 1e-2  # z-score of the whole image
+
+
+def test_unlabelled_findings_are_left_out(tmp_path):
+    (tmp_path / "metadata.csv").write_text(META + "8,,todo,PA,X-ray,images,h.png\n9,,Unknown,AP,X-ray,images,i.png\n")
+    for names in (("normal", "pneumonia", "covid"), ("noncovid", "covid"), ("normal", "viral", "bacterial", "covid")):
+        assert {s.patient_id for s in from_ieee8023(tmp_path / "metadata.csv", names)}.isdisjoint({"8", "9"})
+
+
+@pytest.mark.realdata
+def test_full_metadata_todo_rows_are_not_pneumonia(real_data):
+    """The full metadata of the collection holds 28 frontal X-rays whose finding is ``todo``."""
+    import csv
+
+    meta = real_data / "cxr_covid_chestxray_subset" / "metadata_full.csv"
+    if not meta.is_file():
+        pytest.skip(f"{meta} absent")
+    names = ("normal", "pneumonia", "covid")
+    samples = from_ieee8023(meta, names)
+    rows = list(csv.DictReader(open(meta, encoding="utf-8-sig")))
+    todo = {f"{r['folder']}/{r['filename']}" for r in rows if r["finding"].strip().lower() == "todo"}
+    frontal_todo = [r for r in rows if r["finding"].strip().lower() == "todo"
+                    and r["view"].replace(" ", "").lower() in ("pa", "ap", "apsupine", "apsemierect", "aperect")
+                    and r["modality"].strip().lower() in ("x-ray", "")]
+    assert len(frontal_todo) == 28
+    assert not [s for s in samples if any(s.path.endswith(t) for t in todo)]
+    counts = Counter(names[s.label] for s in samples)
+    # 117 "pneumonia" images before, 28 of them todo rows; COVID-19 and normal unchanged
+    assert counts == {"covid": 434, "pneumonia": 89, "normal": 19}

@@ -10,7 +10,8 @@ call the file ``labels.csv``. :func:`from_ieee8023` reads either:
 - **labels** from ``finding``, which names the disease (``COVID-19``, ``Streptococcus``, ``SARS``,
   ``No Finding``; later versions write a path such as ``Pneumonia/Viral/COVID-19``). Each finding
   gets a category (:func:`finding_category`): ``covid``, ``normal``, ``viral``, ``bacterial``,
-  ``fungal`` or ``pneumonia`` (other / unspecified, e.g. lipoid, ARDS). The recipe's class names
+  ``fungal`` or ``pneumonia`` (other / unspecified, e.g. lipoid, ARDS), or ``unknown`` (``todo``,
+  ``Unknown``, empty: not labelled yet, always left out). The recipe's class names
   choose the task: with ``viral`` / ``bacterial`` classes (the paper's Dataset C: COVID-19 / viral /
   bacterial / healthy) categories map as they are; otherwise (COVID-19 / other pneumonia / healthy,
   or COVID vs non-COVID) every non-COVID pneumonia is ``pneumonia``. Findings that fit no class are
@@ -47,14 +48,23 @@ def _key(text: str) -> str:
     return re.sub(r"[^a-z]+", "", text.lower())
 
 
+#: Findings that say the diagnosis is not known (yet): such rows get no label (category ``unknown``).
+UNKNOWN_FINDINGS = ("", "todo", "unknown", "pending", "tbd", "na", "none")
+
+
 def finding_category(finding: str) -> str:
-    """``covid``, ``normal``, ``viral``, ``bacterial``, ``fungal`` or ``pneumonia`` for an ieee8023 finding.
+    """``covid``, ``normal``, ``viral``, ``bacterial``, ``fungal``, ``pneumonia`` or ``unknown`` for an
+    ieee8023 finding.
 
     ``"COVID-19, ARDS"`` and ``"Pneumonia/Viral/COVID-19"`` are covid; ``"No Finding"`` normal;
-    ``"Streptococcus"`` or ``"Pneumonia/Bacterial/Klebsiella"`` bacterial; anything else that is not
-    recognised (``Lipoid``, ``ARDS``, ``Pneumonia``) pneumonia.
+    ``"Streptococcus"`` or ``"Pneumonia/Bacterial/Klebsiella"`` bacterial; ``"todo"``, ``"Unknown"``
+    or an empty finding (the collection's not-yet-labelled rows: 28 frontal X-rays of the full
+    metadata) unknown, left out of every task; anything else that is not recognised (``Lipoid``,
+    ``ARDS``, ``Pneumonia``) pneumonia.
     """
     parts = [_key(p) for p in re.split(r"[/,;]", finding) if p.strip()]
+    if all(p in UNKNOWN_FINDINGS for p in parts):
+        return "unknown"
     if any(p.startswith("covid") or p == "sarscov" for p in parts):
         return "covid"
     if any(p in ("nofinding", "normal", "healthy") for p in parts):
@@ -77,6 +87,8 @@ def is_ieee8023_csv(path: str | Path) -> bool:
 
 
 def _label_for(category: str, class_names: Sequence[str], where: str) -> int | None:
+    if category == "unknown":
+        return None
     targets = [_key(c) for c in class_names]
     fine = "viral" in targets or "bacterial" in targets
     if fine and category in targets:
