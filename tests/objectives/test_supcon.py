@@ -86,3 +86,21 @@ def test_supcon_objective(params):
         assert term.head[2].weight.shape == (128, 512)
     else:
         assert term.head is None
+
+
+@pytest.mark.parametrize("name, params", [("resnet_att2", {}), ("magsd", {"num_maps": 4}), ("resnet_mlp", {})])
+def test_supcon_projection_is_sized_from_the_embedding(name, params):
+    """ResNet50-ATT2's embedding (layer3 + layer4) and MA-Net's (M x C) are wider than their feature maps:
+    the projection used to be sized from feature_dim and the first step crashed."""
+    from chestdx.config import ModelConfig
+    from chestdx.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, backbone="resnet18", weights="none", params=params), 2, 1)
+    term = build_objective("supcon", {}, 2)
+    term.materialize_for(model)
+    out = model(torch.randn(4, 1, 64, 64))
+    assert term.head[0].in_features == out.embedding.shape[1]
+    loss = term(model, out, {"label": torch.tensor([0, 1, 1, 0])})
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -173,6 +173,7 @@ class MANet(ChestModel):
         self.attention = MultiscaleAttention([*stage_ch[len(stage_ch) - self.scales:-1], channels], self.num_maps)
         self.feature_dim = channels + (self.num_maps if self.scales > 1 else 0)
         in_head = channels * self.num_maps if pooling == "attention" else channels
+        self.embedding_dim = in_head  # width of ``embedding`` (feature_dim counts f3 + lower attention)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(in_head, num_classes)
 

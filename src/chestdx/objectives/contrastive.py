@@ -100,11 +100,13 @@ class SupCon(nn.Module):
             self.head = nn.Sequential(first, nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
 
     def materialize_for(self, model: nn.Module) -> None:
-        """Give a lazy projection head its input width from ``model.feature_dim`` (the pooled
-        embedding's width), so that the optimiser and a DDP wrapper see real parameters from the start."""
+        """Give a lazy projection head its input width, so that the optimiser and a DDP wrapper see
+        real parameters from the start: ``model.embedding_dim`` where the model's pooled embedding
+        is not its feature map's channels (ResNet50-ATT2: layer3 + layer4 = 1536 / 3072; MA-Net:
+        ``M * C``), else ``model.feature_dim`` (a pooled feature map)."""
         from torch.nn.parameter import is_lazy
 
-        dim = getattr(model, "feature_dim", None)
+        dim = getattr(model, "embedding_dim", None) or getattr(model, "feature_dim", None)
         if self.head is None or not dim or not any(is_lazy(p) for p in self.head.parameters()):
             return
         with torch.no_grad():
