@@ -54,3 +54,18 @@ def test_recipe_file_and_round_trip(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(tmp_path / "bad.yaml")
+
+
+def test_baseline_recipe_names_its_own_choices():
+    """Issue 17: baseline.yaml called its optimiser "SnapMix's own fine-tuning setting"; it is chestdx's
+    choice (SnapMix: 1e-3 / 1e-2, MultiStepLR at 80/150/180), and so is its geometric augmentation."""
+    from importlib import resources
+
+    text = (resources.files("chestdx") / "recipes" / "baseline.yaml").read_text(encoding="utf-8")
+    comment = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    assert "SnapMix's own fine-tuning setting." not in comment
+    assert "NOT SnapMix's own fine-tuning setting" in comment and "80, 150 and 180" in comment
+    assert "augmentation" in comment and "chestdx's choice" in comment
+    r = load_recipe("baseline")
+    assert (r.optim.name, r.optim.lr, r.optim.scheduler) == ("sgd", 1e-3, "cosine")  # what the comment says
+    assert (r.data.augment.rotate, tuple(r.data.augment.scale), r.data.augment.translate) == (10, (0.9, 1.1), 0.05)
