@@ -134,7 +134,7 @@ class Batcher:
 
 
 def _answer_json(answer: Any, heatmap: bool) -> dict[str, Any]:
-    from chestdx.evaluate.plots import overlay_heatmap
+    from chestdx.evaluate.plots import overlay_answer
     from chestdx.evaluate.report import image_data_uri as uri
 
     out = answer.to_json()
@@ -149,9 +149,9 @@ def _answer_json(answer: Any, heatmap: bool) -> dict[str, Any]:
             best = max(range(len(answer.slices)), key=score)
             s = answer.slices[best]
             out["overlay_slice"] = answer.slice_indices[best]
-            out["overlay"] = uri(overlay_heatmap(s.image, s.heatmap))
+            out["overlay"] = uri(overlay_answer(s))
         elif answer.heatmap is not None:
-            out["overlay"] = uri(overlay_heatmap(answer.image, answer.heatmap))
+            out["overlay"] = uri(overlay_answer(answer))
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from chestdx.evaluate.plots import overlay_heatmap
+from chestdx.evaluate.plots import overlay_answer
 from chestdx.evaluate.report import _CSS, image_data_uri, markdown_to_html, write_html
 from chestdx.serve.bundle import card_markdown
 
@@ -46,14 +46,20 @@ def _image_section(answer: Any) -> str:
         return "<p>(no heatmap computed)</p>"
     return ('<div class="pair">'
             f'<figure><img src="{image_data_uri(answer.image)}" alt="input"><figcaption>input (preprocessed)</figcaption></figure>'
-            f'<figure><img src="{image_data_uri(overlay_heatmap(answer.image, answer.heatmap))}" alt="heatmap overlay">'
-            f"<figcaption>heatmap ({html.escape(_kind_name(answer))}) overlay: where the model looked</figcaption>"
+            f'<figure><img src="{image_data_uri(overlay_answer(answer))}" alt="heatmap overlay">'
+            f"<figcaption>heatmap ({html.escape(_kind_name(answer))}) overlay{html.escape(_grid_note(answer))}: "
+            "where the model looked</figcaption>"
             "</figure></div>")
 
 
 def _kind_name(answer: Any) -> str:
-    return {"cam": "CAM", "att2": "ATT2 attention", "attention": "MAG-SD attention"}.get(
-        answer.details.get("heatmap_kind", "cam"), "CAM")
+    kind = answer.details.get("heatmap_kind", "cam")
+    return {"cam": "CAM", "att2": "ATT2 attention", "attention": "MAG-SD attention"}.get(kind, kind)
+
+
+def _grid_note(answer: Any) -> str:
+    grid = answer.details.get("heatmap_grid")
+    return f" ({grid[0]} x {grid[1]} grid, upsampled)" if grid else ""
 
 
 def _browser(answer: Any, class_names: list[str]) -> str:
@@ -62,7 +68,7 @@ def _browser(answer: Any, class_names: list[str]) -> str:
     frames, overlays, labels, score = [], [], [], []
     for j, (i, s) in enumerate(zip(answer.slice_indices, answer.slices, strict=True)):
         frames.append(image_data_uri(s.image) if s.image is not None else "")
-        overlays.append(image_data_uri(overlay_heatmap(s.image, s.heatmap)) if s.heatmap is not None else "")
+        overlays.append(image_data_uri(overlay_answer(s)) if s.heatmap is not None else "")
         if weights is not None:
             labels.append(f"slice {i}: attention weight {weights[j]:.3f}")
         else:
