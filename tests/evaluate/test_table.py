@@ -65,6 +65,11 @@ def test_voting_row_answers_the_snapmix_cpe_checkpoint(phantom_binary, tmp_path)
     assert voted["procedure"] == "cam_voting" and plain["procedure"] == "plain"
     assert json.loads((tmp_path / "t" / "results.json").read_text())["full"][0]["checkpoint_of"] == "snapmix_cpe"
     assert "| full (snapmix_cpe's checkpoint) |" in text
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "t" / "snapmix_cpe" / "seed0" / "eval-test-full" / "predictions.csv")))
+    assert [c for c in rows[0] if c.startswith("vote_p_")] == [f"vote_p_{j}" for j in range(6)]  # whole image + k = 5
+    assert all(0.0 <= float(r["vote_p_3"]) <= 1.0 for r in rows)
     cmp = json.loads((tmp_path / "t" / "comparisons.json").read_text())
     assert cmp["shared_checkpoints"] == {"full": "snapmix_cpe"}
     acc = cmp["rows"]["full"]["all sites"]["accuracy"]
@@ -108,3 +113,15 @@ def test_voting_sweep(phantom_binary, tmp_path, capsys):
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert main(["sweep-voting", str(run.path), "--k", "1", "2", "--theta", "0.2"]) == 0
     assert "| k | 2 |" in capsys.readouterr().out
+
+
+def test_sweep_defaults_are_figure_3s():
+    import inspect
+
+    from chestdx.cli import build_parser
+
+    sig = inspect.signature(sweep_voting).parameters
+    assert tuple(sig["thetas"].default) == (0.1, 0.2, 0.3, 0.4, 0.5)
+    assert {30, 31, 32, 33, 34, 35} <= set(sig["ks"].default) and max(sig["ks"].default) == 35
+    args = build_parser().parse_args(["sweep-voting", "RUN"])
+    assert args.theta == list(sig["thetas"].default) and args.k == list(sig["ks"].default)

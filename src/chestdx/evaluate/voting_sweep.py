@@ -36,8 +36,14 @@ def _acc_f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return m["accuracy"], m["f1"][1]
 
 
-def sweep_voting(run: Run | str | Path, ks: Sequence[int] = (1, 5, 11, 21, 31),
-                 thetas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4), split: str = "test",
+#: Figure 3 of the paper: theta in {0.1, ..., 0.5} (Sec. 4, "all tested values"), and k over a range
+#: whose best values lie "between k = 30 and k = 35" (peak at 31), every k of 30-35 included.
+PAPER_KS: tuple[int, ...] = (1, 5, 10, 15, 20, 25, 30, 31, 32, 33, 34, 35)
+PAPER_THETAS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def sweep_voting(run: Run | str | Path, ks: Sequence[int] = PAPER_KS,
+                 thetas: Sequence[float] = PAPER_THETAS, split: str = "test",
                  out: str | Path | None = None, cell: int | None = None,
                  speed: str | None = None) -> list[dict[str, Any]]:
     """Accuracy and F1 (positive class) of the voted labels for each k and each theta, per site.
