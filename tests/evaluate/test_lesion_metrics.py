@@ -118,3 +118,14 @@ def test_class_metrics_agrees_with_classification_metrics_on_an_absent_class():
     assert m["weighted_precision"] == pytest.approx(ref["weighted_precision"]["value"])
     for name in names:
         assert m["per_class"][name]["f1"] == pytest.approx(ref["per_class"][name]["f1"]["value"])
+
+
+def test_lesion_report_has_the_weighted_average_rows():
+    from chestdx.evaluate.lesion import lesion_markdown
+
+    m = class_metrics([0, 0, 1, 1, 2, 2, 2, 2], [0, 1, 1, 1, 2, 2, 0, 2], ["normal", "pneumonia", "covid"])
+    # supports 2 / 2 / 4; precision 1/2, 2/3, 1; recall 1/2, 1, 3/4
+    assert m["weighted_precision"] == pytest.approx((2 * 0.5 + 2 * 2 / 3 + 4 * 1.0) / 8)
+    assert m["weighted_recall"] == pytest.approx((2 * 0.5 + 2 * 1.0 + 4 * 0.75) / 8)
+    md = lesion_markdown({"lesion_classification": m}, "t")
+    assert f"precision {m['weighted_precision']:.4f}, recall {m['weighted_recall']:.4f}, F1 {m['weighted_f1']:.4f}" in md

@@ -327,7 +327,9 @@ def lesion_markdown(result: dict[str, Any], title: str) -> str:
                  "| class | sensitivity | specificity | F1 (usual) |", "|---|---|---|---|"]
         for name, c in cm["per_class"].items():
             lines.append(f"| {name} | {c['sensitivity']:.4f} | {c['specificity']:.4f} | {c['f1']:.4f} |")
-        lines += ["", f"Eq. 14 \"F1\" {cm['eq14_f1']:.4f}; usual weighted F1 {cm['weighted_f1']:.4f}, macro F1 "
+        lines += ["", f"Eq. 14 \"F1\" {cm['eq14_f1']:.4f}; usual weighted average (Tables III/IV): precision "
+                      f"{cm.get('weighted_precision', float('nan')):.4f}, recall {cm.get('weighted_recall', float('nan')):.4f}, "
+                      f"F1 {cm['weighted_f1']:.4f}; macro F1 "
                       f"{cm['macro_f1']:.4f}. Eq. 14 is **not** the usual F1: it is the class-weighted harmonic "
                       "mean of sensitivity and specificity."]
         parts.append("\n".join(lines))
