@@ -306,13 +306,13 @@ class TimmBackbone(Backbone):
         arch = timm_architecture(name)
         assert arch is not None
         try:
-            self.net: Any = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="",
-                                              in_chans=in_chans)
+            net: Any = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
         except TypeError as e:  # a model that takes no global_pool (or in_chans)
             raise ConfigError(f"backbone '{name}': timm cannot build it as a feature extractor ({e})") from None
+        self.net = net
         self.name, self.arch, self.in_chans = name, arch, in_chans
-        self.feature_dim = int(self.net.num_features)
-        info = list(getattr(self.net, "feature_info", None) or [])
+        self.feature_dim = int(net.num_features)
+        info = list(getattr(net, "feature_info", None) or [])
         if not info:
             raise ConfigError(f"backbone '{name}': timm gives no feature_info for it; choose a CNN such as "
                               f"{packaged_backbones()}")

@@ -182,7 +182,7 @@ class MANet(ChestModel):
         if self.scales == 1:
             return self.backbone(x)
         f3, stages = self.backbone.forward_stages(x)
-        lower = self.attention.lower(stages[len(stages) - self.scales:], tuple(f3.shape[-2:]))
+        lower = self.attention.lower(stages[len(stages) - self.scales:], (int(f3.shape[-2]), int(f3.shape[-1])))
         return torch.cat([f3, lower], dim=1)  # type: ignore[list-item]
 
     def split_features(self, features: Tensor) -> tuple[Tensor, Tensor]:
