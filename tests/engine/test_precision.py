@@ -166,6 +166,11 @@ def test_supported_computes_follow_cpu_flags(monkeypatch):
         assert names == ["fp32", "channels_last", "bf16", "channels_last+bf16"]
         assert [m.name for m in P.candidate_modes("cpu", ndim=5)] == ["fp32", "bf16"]
         assert [m.name for m in P.candidate_modes("cpu", ndim=4, compute="fp32")] == ["fp32", "channels_last"]
+        P._supported.cache_clear()
+        monkeypatch.setattr(P, "_cpuinfo", lambda: ("Test CPU", frozenset({"amx_bf16", "amx_fp16"})))
+        assert "fp16" in P.supported_computes("cpu")
+        assert "fp16" in [m.compute for m in P.candidate_modes("cpu", 4)]
+        assert "fp16" not in [m.compute for m in P.candidate_modes("cpu", 4, phase="train")]  # no CPU fp16 AMP
     finally:
         P._supported.cache_clear()
 

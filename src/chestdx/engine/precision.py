@@ -319,11 +319,15 @@ def supported_computes(device: Any = "cpu") -> tuple[str, ...]:
     return _supported(d.type, d.index)
 
 
-def candidate_modes(device: Any = "cpu", ndim: int = 4, compute: str | None = None) -> list[ExecMode]:
+def candidate_modes(device: Any = "cpu", ndim: int = 4, compute: str | None = None,
+                    phase: str = "inference") -> list[ExecMode]:
     """The modes ``auto`` measures: every supported compute, in both memory formats for 4D inputs
-    (contiguous only otherwise); only ``compute`` where given (e.g. forced by ``trainer.precision``)."""
+    (contiguous only otherwise); only ``compute`` where given (e.g. forced by ``trainer.precision``).
+    Training on a CPU leaves fp16 out (Lightning has no fp16 AMP on a CPU; it would train in bf16)."""
     formats = MEMORY_FORMATS if ndim == 4 else ("contiguous",)
     computes = [c for c in supported_computes(device) if compute is None or c == compute]
+    if phase == "train" and _device(device).type == "cpu" and compute is None:
+        computes = [c for c in computes if c != "fp16"]
     if compute is not None and not computes:
         computes = [compute]
     return [ExecMode(f, c) for c in computes for f in formats]  # type: ignore[arg-type]
@@ -638,7 +642,7 @@ def resolve_mode(setting: str | ExecMode | None, model: nn.Module, shape: Sequen
             if mode is not None:
                 _MEMO[memo_key] = mode
                 return mode
-        modes = candidate_modes(device, len(shape), compute)
+        modes = candidate_modes(device, len(shape), compute, phase)
         if len(modes) == 1:
             chosen, seconds = modes[0], {modes[0].name: float("nan")}
         else:
@@ -745,7 +749,13 @@ def training_mode(recipe: Any, model: nn.Module, speed: str | None = None) -> Ex
     if recipe.task == "lesion" and parse_speed(setting) is None:
         setting = _env_setting() or ExecMode(compute=compute or "fp32")  # type: ignore[arg-type]
     shape = example_shape(recipe, int(getattr(model, "in_chans", 1)))
-    return resolve_mode(setting, model, shape, "train", training_device(tc.accelerator), compute=compute)
+    device = training_device(tc.accelerator)
+    mode = resolve_mode(setting, model, shape, "train", device, compute=compute)
+    if mode.compute == "fp16" and device == "cpu":
+        log.warning("speed %s: Lightning has no fp16 mixed precision on a CPU and trains in bf16; "
+                    "recording the mode as %s", mode.name, ExecMode(mode.memory_format, "bf16").name)
+        mode = ExecMode(mode.memory_format, "bf16")
+    return mode
 
 
 def lightning_precision(recipe: Any, mode: ExecMode) -> str:
