@@ -16,7 +16,7 @@ def _model(recipe: str):
     return build_model(r.model, num_classes=r.data.num_classes).eval()
 
 
-@pytest.mark.parametrize(("recipe", "kind"), [("demo", "cam"), ("att2", "att2"), ("magsd", "attention")])
+@pytest.mark.parametrize(("recipe", "kind"), [("demo", "layercam8"), ("att2", "att2"), ("magsd", "attention")])
 def test_auto_picks_the_papers_map(recipe, kind):
     torch.manual_seed(0)
     x = torch.randn(2, 1, 32, 32)
@@ -35,6 +35,29 @@ def test_att2_map_is_sqrt_of_the_product():
     want = combine_attention(out.maps["att1"], out.maps["att2"], (32, 32))
     got, _ = heatmap(model, x, "att2")
     torch.testing.assert_close(got, want / want.max())
+
+
+def test_fine_kinds_keep_the_answer_and_state_their_grid():
+    from chestdx.explain.cam import FINE_KINDS
+    from chestdx.explain.heatmap import heatmap_grid
+
+    torch.manual_seed(0)
+    model = _model("demo")
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        before = model(x).logits.clone()
+    assert heatmap_grid(model, "cam", (64, 64)) == (2, 2)
+    for kind in FINE_KINDS:
+        maps, used = heatmap(model, x, kind)
+        assert used == kind and maps.shape == (2, 64, 64) and maps.min() >= 0
+        stride = FINE_KINDS[kind][1]
+        assert heatmap_grid(model, kind, (64, 64)) == (64 // stride, 64 // stride)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, before)  # a heatmap never changes the answer
+    assert all(p.grad is None for p in model.parameters())
+    assert heatmap_grid(_model("att2"), "cam", (64, 64)) is None
+    with pytest.raises(ConfigError, match="no stage maps"):
+        heatmap(_model("att2"), torch.zeros(1, 1, 32, 32), "layercam8")
 
 
 def test_bad_kinds():
