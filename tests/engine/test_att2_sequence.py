@@ -53,7 +53,10 @@ def test_att2_evaluate_reports_scans_and_localisation(att2_run):
     assert res["scan"]["aggregate"] == "majority" and res["scan"]["n_scans"] == 3  # one test scan per class
     assert res["n_images"] > res["scan"]["n_scans"]
     loc = res["localisation"]
-    assert loc["n_images"] > 0 and 0.0 <= loc["iou_mean"] <= 1.0
+    per_image = json.loads((att2_run / "eval-test" / "localisation.json").read_text())["per_image"]
+    assert loc["n_images"] == len(per_image) > 0
+    assert loc["iou_mean"] == pytest.approx(sum(r["iou"] for r in per_image) / len(per_image))
+    assert all(r["iou"] <= r["dice"] + 1e-9 for r in per_image)  # IoU <= Dice for any two masks
     ev = att2_run / "eval-test"
     assert len(list((ev / "attention").glob("*.png"))) > 0
     rows = list(csv.DictReader(open(ev / "scans.csv")))

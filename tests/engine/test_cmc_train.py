@@ -42,28 +42,78 @@ def test_training_moves_and_learns_the_weights(cmc_run):
     assert any("terms.0.0.head" in k for k in task.state_dict())
 
 
+def _probs_by_path(folder):
+    import csv
+
+    rows = list(csv.DictReader(open(folder / "predictions.csv")))
+    cols = [c for c in rows[0] if c.startswith("p_")]
+    return {r["path"]: np.array([float(r[c]) for c in cols]) for r in rows}, rows
+
+
+def _other_run(run, folder):
+    """A copy of ``run`` whose classifier answers differently (its weights perturbed): a second member."""
+    import shutil
+
+    shutil.copytree(run.path, folder)
+    for name in ("best.ckpt", "last.ckpt"):
+        f = folder / "checkpoints" / name
+        if f.is_file():
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+            g = torch.Generator().manual_seed(7)
+            for k, v in ckpt["state_dict"].items():
+                if v.is_floating_point() and k.startswith("model.") and ("head" in k or "classifier" in k or "fc" in k):
+                    ckpt["state_dict"][k] = v + torch.randn(v.shape, generator=g) * (v.std() + 0.5)
+            torch.save(ckpt, f)
+    from chestdx.engine.run import Run
+
+    return Run(folder)
+
+
 def test_evaluate_and_ensembles(cmc_run, tmp_path):
     from chestdx.engine.ensemble import ensemble_runs
+    from chestdx.errors import ConfigError
     from chestdx.evaluate.run import evaluate_run
 
     run, _ = cmc_run
     res = evaluate_run(run, split="val", out=tmp_path / "eval", n_boot=50)
+    _, rows = _probs_by_path(tmp_path / "eval")
+    assert res["overall"]["accuracy"]["value"] == pytest.approx(sum(r["label"] == r["pred"] for r in rows) / len(rows))
+    tp = sum(r["label"] == r["pred"] == "covid" for r in rows)
+    pos_f1 = 2 * tp / (sum(r["label"] == "covid" for r in rows) + sum(r["pred"] == "covid" for r in rows))
+    assert res["overall"]["positive"]["f1"]["value"] == pytest.approx(pos_f1)
     for m in ("accuracy", "macro_f1"):
         v = res["overall"][m]
-        assert 0 <= v["value"] <= 1 and "low" in v and "high" in v
+        assert v["low"] <= v["value"] <= v["high"]
     from chestdx.cli import main
 
-    assert main(["ensemble", str(run.path), str(run.path), "--split", "val", "--out", str(tmp_path / "ens"),
-                 "--procedure", "intra_ensemble", "--params", '{"views": 3, "depth": 8}', "--n-boot", "50",
+    # Model5-style ensemble of two different runs: the mean of the members' own answers, scan by scan
+    other = _other_run(run, tmp_path / "other")
+    params = {"views": 3, "depth": 8}
+    for r, out in ((run, "m1"), (other, "m2")):
+        evaluate_run(r, split="val", out=tmp_path / out, n_boot=0, procedure="intra_ensemble", procedure_params=params)
+    p1, _ = _probs_by_path(tmp_path / "m1")
+    p2, _ = _probs_by_path(tmp_path / "m2")
+    assert any(not np.allclose(p1[k], p2[k], atol=1e-3) for k in p1)  # two members that disagree
+    assert main(["ensemble", str(run.path), str(other.path), "--split", "val", "--out", str(tmp_path / "ens"),
+                 "--procedure", "intra_ensemble", "--params", json.dumps(params), "--n-boot", "50",
                  "--no-progress"]) == 0
     ens = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    pe, erows = _probs_by_path(tmp_path / "ens")
+    assert set(pe) == set(p1)
+    for k in pe:
+        np.testing.assert_allclose(pe[k], (p1[k] + p2[k]) / 2, atol=2e-6)  # 6-decimal files
+    assert list(ens["members"]) == [str(run.path), str(other.path)]  # members are keyed by run folder
+    for path, folder in ((run.path, "m1"), (other.path, "m2")):
+        member_rows = _probs_by_path(tmp_path / folder)[1]
+        acc = sum(r["label"] == r["pred"] for r in member_rows) / len(member_rows)
+        assert ens["members"][str(path)]["accuracy"] == pytest.approx(acc)
+    assert ens["overall"]["accuracy"]["value"] == pytest.approx(
+        sum(r["label"] == r["pred"] for r in erows) / len(erows))
+    assert (tmp_path / "ens" / "metrics.md").is_file()
     with pytest.raises(Exception, match="at least one run"):
         ensemble_runs([], split="val")
-    assert list(ens["members"]) == [str(run.path)]  # members are keyed by run folder
-    assert (tmp_path / "ens" / "metrics.md").is_file() and (tmp_path / "ens" / "predictions.csv").is_file()
-    # an ensemble of a run with itself answers as that run
-    member = ens["members"][str(run.path)]
-    assert ens["overall"]["accuracy"]["value"] == pytest.approx(member["accuracy"])
+    with pytest.raises(ConfigError, match="given twice"):  # it used to count twice and show once
+        ensemble_runs([run.path, run.path], split="val")
 
 
 def test_intra_ensemble_views_and_3d_gradcam(cmc_run):
@@ -77,6 +127,18 @@ def test_intra_ensemble_views_and_3d_gradcam(cmc_run):
     b = run_procedure("intra_ensemble", {"views": 3, "depth": 8, "seed": 4}, model, x)
     torch.testing.assert_close(a.probs, b.probs)
     torch.testing.assert_close(a.probs.sum(1), torch.ones(2))
+    # the value: the mean softmax of the three views drawn from the seed
+    from chestdx.data.volume_augment import cmc_augment
+
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        views = [model(cmc_augment(x, 8, (0.8, 1.0), 0.1, 0.1, generator=gen)).probs for _ in range(3)]
+    torch.testing.assert_close(a.probs, torch.stack(views).mean(0))
+    # one view without augmentation is the plain answer
+    one = run_procedure("intra_ensemble", {"views": 1, "depth": None, "crop_scale": [1.0, 1.0], "brightness": 0.0,
+                                           "contrast": 0.0}, model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(one.probs, model(x).probs)
     maps = volume_cam(model, x)
     assert maps.shape == (2, 16, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
 

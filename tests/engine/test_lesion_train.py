@@ -50,7 +50,12 @@ def test_one_shot_training_on_phantom(phantom_slices, tmp_path):
     res = evaluate_run(run, n_boot=5)
     seg = res["segmentation"]
     assert seg["n_images"] > 0 and set(seg["paper"]) == set(seg["coco"]) == {"AP", "AP50", "AP75"}
-    assert 0.0 <= seg["paper"]["AP"] <= 1.0
+    per_image = json.loads((tmp_path / "run" / "eval-test" / "segmentation.json").read_text())["per_image"]
+    assert seg["n_images"] == len(per_image)
+    for key in ("AP", "AP50", "AP75"):  # the paper's figure: the mean over images of each image's AP
+        assert seg["paper"][key] == pytest.approx(sum(r[key] for r in per_image) / len(per_image))
+    assert all(r[key] in (0.0, 1.0) for r in per_image if r["negative"] for key in ("AP", "AP50"))
+    assert seg["paper"]["AP50"] >= seg["paper"]["AP75"] >= 0.0  # a looser IoU threshold never scores less
     assert "eq14_f1" in res["lesion_classification"]
     md = (tmp_path / "run" / "eval-test" / "metrics.md").read_text()
     assert "not** the usual F1" in md and "AP@0.75" in md

@@ -39,7 +39,22 @@ def test_train_evaluate_predict_cli(phantom_slices, tmp_path, capsys):
     ev = run / "eval-test"
     metrics = json.loads((ev / "metrics.json").read_text())
     assert set(metrics) >= {"overall", "sites", "patient"}
-    assert 0 <= metrics["overall"]["accuracy"]["value"] <= 1
+    # the figures are those of the answers written: recount them from predictions.csv
+    import csv
+
+    rows = list(csv.DictReader(open(ev / "predictions.csv")))
+    names = ["normal", "pneumonia", "covid"]
+    assert metrics["overall"]["n"] == len(rows) == sum(map(sum, metrics["overall"]["confusion_matrix"]))
+    assert metrics["overall"]["accuracy"]["value"] == pytest.approx(
+        sum(r["label"] == r["pred"] for r in rows) / len(rows))
+    for i, t in enumerate(names):
+        for j, q in enumerate(names):
+            assert metrics["overall"]["confusion_matrix"][i][j] == sum(r["label"] == t and r["pred"] == q for r in rows)
+    site = rows[0]["site"]
+    mine = [r for r in rows if r["site"] == site]
+    assert metrics["sites"][site]["accuracy"]["value"] == pytest.approx(
+        sum(r["label"] == r["pred"] for r in mine) / len(mine))
+    assert metrics["overall"]["ci_unit"] == "patient"
     for f in ("metrics.md", "predictions.csv", "confusion_matrix.png", "roc.png"):
         assert (ev / f).stat().st_size > 0, f
 

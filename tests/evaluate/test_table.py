@@ -110,7 +110,17 @@ def test_voting_sweep(phantom_binary, tmp_path, capsys):
     assert (tmp_path / "sw" / "voting_sweep.png").stat().st_size > 0
     with open(tmp_path / "sw" / "voting_sweep.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows) == (1 + 3 + 2) * 3
-    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    # each row is the vote run with that k / theta on its own: compare with evaluate (plain and voting)
+    from chestdx.evaluate.run import evaluate_run
+
+    plain = evaluate_run(run, n_boot=0, procedure="plain", out=tmp_path / "plain")["overall"]
+    voted = evaluate_run(run, n_boot=0, procedure="cam_voting", procedure_params={"k": 3, "theta": 0.2, "cell": 4},
+                         out=tmp_path / "voted")["overall"]
+    row = {(r["parameter"], r["k"], r["theta"], r["site"]): r for r in rows}
+    assert row[("none", 0, 0.2, "all sites")]["accuracy"] == pytest.approx(plain["accuracy"]["value"])
+    assert row[("none", 0, 0.2, "all sites")]["f1"] == pytest.approx(plain["positive"]["f1"]["value"])
+    assert row[("k", 3, 0.2, "all sites")]["accuracy"] == pytest.approx(voted["accuracy"]["value"])
+    assert row[("k", 3, 0.2, "all sites")]["f1"] == pytest.approx(voted["positive"]["f1"]["value"])
     assert main(["sweep-voting", str(run.path), "--k", "1", "2", "--theta", "0.2"]) == 0
     assert "| k | 2 |" in capsys.readouterr().out
 

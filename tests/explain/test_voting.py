@@ -150,3 +150,19 @@ def test_real_model_shapes():
 def test_bad_k():
     with pytest.raises(ConfigError, match="k must"):
         cam_voting(MaskCountStub([[0.9] * 17]), images(1), k=17, cell=CELL)
+
+
+def test_cam_voting_procedure_maps_the_probabilities():
+    """The procedure's probabilities: a flipped binary answer is mirrored (p -> 1 - p: the voted label
+    is the argmax, AUC still sees a graded score), an unflipped one is the whole image's; the details
+    hold the whole image's and each copy's positive probability (Figure 2)."""
+    from chestdx.engine.infer import run_procedure
+
+    tables = [[0.9, 0.5, 0.3, 0.1999, 0.1, 0.05], [0.9, 0.5, 0.3, 0.2001, 0.1, 0.05],
+              [0.4, 0.6, 0.8001, 0.85, 0.9, 0.7], [0.4, 0.6, 0.7999, 0.85, 0.9, 0.7]]
+    res = run_procedure("cam_voting", {"k": 5, "theta": 0.2, "cell": CELL}, MaskCountStub(tables), images(4))
+    expected = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.4, 0.6], [0.6, 0.4]])
+    torch.testing.assert_close(res.probs, expected, atol=1e-5, rtol=0)
+    assert res.details["flipped"].tolist() == [True, False, True, False]
+    torch.testing.assert_close(res.details["vote_original"], torch.tensor([0.9, 0.9, 0.4, 0.4]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.details["vote_probs"], torch.tensor([t[1:] for t in tables]), atol=1e-5, rtol=0)

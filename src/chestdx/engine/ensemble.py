@@ -101,8 +101,8 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
         and macro F1 on the same scans.
 
     Raises:
-        ConfigError: runs with different class names; DatasetError: an empty split or scans
-            missing from a run's answers.
+        ConfigError: runs with different class names, or one run given twice; DatasetError: an
+            empty split or scans missing from a run's answers.
     """
     from chestdx.engine.datamodule import load_samples
     from chestdx.engine.run import Run
@@ -113,6 +113,12 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
     if not runs:
         raise ConfigError("chestdx ensemble: give at least one run folder")
     loaded = [r if isinstance(r, Run) else Run(r) for r in runs]
+    seen: dict[Path, int] = {}
+    for r in loaded:
+        key = r.path.resolve()
+        if key in seen:  # it would count twice in the mean but once in "members"
+            raise ConfigError(f"chestdx ensemble: run {r.path} is given twice; an ensemble averages different runs")
+        seen[key] = 1
     class_names = list(loaded[0].class_names)
     for r in loaded[1:]:
         if list(r.class_names) != class_names:
