@@ -113,12 +113,11 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
     if not runs:
         raise ConfigError("chestdx ensemble: give at least one run folder")
     loaded = [r if isinstance(r, Run) else Run(r) for r in runs]
-    seen: dict[Path, int] = {}
+    given: set[Path] = set()
     for r in loaded:
-        key = r.path.resolve()
-        if key in seen:  # it would count twice in the mean but once in "members"
+        if r.path.resolve() in given:  # it would count twice in the mean but once in "members"
             raise ConfigError(f"chestdx ensemble: run {r.path} is given twice; an ensemble averages different runs")
-        seen[key] = 1
+        given.add(r.path.resolve())
     class_names = list(loaded[0].class_names)
     for r in loaded[1:]:
         if list(r.class_names) != class_names:

@@ -284,7 +284,7 @@ def _stats_from_weights(
     return out
 
 
-def group_index(groups: Sequence[Any], n: int) -> np.ndarray:
+def group_index(groups: Sequence[Any] | np.ndarray, n: int) -> np.ndarray:
     """Group number of each case, ``(N,)`` int64 in ``[0, G)``, in order of first appearance.
 
     Raises:
@@ -444,7 +444,7 @@ def classification_metrics(
     ci: float = 0.95,
     seed: int = 0,
     positive: int | None = None,
-    groups: Sequence[Any] | None = None,
+    groups: Sequence[Any] | np.ndarray | None = None,
     case_unit: str = "case",
     group_unit: str = "patient",
 ) -> dict[str, Any]:
