@@ -105,7 +105,8 @@ def _metrics_summary(run_path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return {"split": res.get("split"), "procedure": res.get("procedure"), "n_images": res.get("n_images"),
-            "overall": res.get("overall"), "sites": res.get("sites")}
+            "overall": res.get("overall"), "sites": res.get("sites"),
+            "heatmap_localisation": res.get("heatmap_localisation")}
 
 
 def _run_info(run: Any) -> dict[str, Any]:
@@ -358,6 +359,26 @@ def _started_from(model: dict[str, Any]) -> str:
     return describe_weights(model.get("backbone"), model.get("weights"))
 
 
+def _heatmap_card(loc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How the model's default heatmap scored against the test set's lesion masks (from the
+    evaluation's ``heatmap_localisation``, :mod:`chestdx.evaluate.localisation`), next to the centre
+    prior: ``{"kind", "n_images", score: "v [lo, hi]", "centre_prior": {score: ...}}``; None without one."""
+    if not loc or not loc.get("default_kind") or loc["default_kind"] not in (loc.get("maps") or {}):
+        return None
+
+    def line(f: dict[str, float]) -> str:
+        return f"{f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
+
+    kind = loc["default_kind"]
+    scores = ("pointing", "energy", "iou", "dice")
+    out: dict[str, Any] = {"kind": kind, "n_images": loc.get("n_images"),
+                           **{k: line(loc["maps"][kind][k]) for k in scores if k in loc["maps"][kind]}}
+    prior = (loc.get("references") or {}).get("centre_prior")
+    if prior:
+        out["centre_prior"] = {k: line(prior[k]) for k in scores if k in prior}
+    return out
+
+
 def model_card(info: dict[str, Any]) -> dict[str, Any]:
     """The model card as a dict: what it is, what it was trained on, how well it did, intended use."""
     training = info.get("training", {})
@@ -386,6 +407,7 @@ def model_card(info: dict[str, Any]) -> dict[str, Any]:
             "macro_f1": _metric_line(overall, "macro_f1"),
             "macro_auc": _metric_line(overall, "macro_auc"),
         } if overall else None,
+        "heatmap": _heatmap_card(metrics.get("heatmap_localisation")),
         "chestdx_version": info.get("chestdx_version"),
         "exported": info.get("exported"),
         "intended_use": INTENDED_USE,
@@ -422,6 +444,13 @@ def card_markdown(card: dict[str, Any]) -> str:
                      f"macro F1 {m['macro_f1']}, macro AUC {m['macro_auc']}.")
     else:
         lines.append("Not evaluated before export (run `chestdx evaluate RUN` and export again).")
+    h = card.get("heatmap")
+    if h:
+        cp = h.get("centre_prior") or {}
+        lines.append(f"Heatmap `{h['kind']}` against the lesion masks of {h['n_images']} test images: pointing "
+                     f"game {h.get('pointing')} (centre prior {cp.get('pointing', '-')}), energy inside "
+                     f"{h.get('energy')} (prior {cp.get('energy', '-')}), IoU {h.get('iou')} (prior "
+                     f"{cp.get('iou', '-')}); patient-level 95% intervals (docs/explain.md).")
     lines += ["", "## Intended use", card["intended_use"], "",
               f"chestdx {card['chestdx_version']}, exported {card['exported']}.", ""]
     return "\n".join(lines)
