@@ -18,6 +18,11 @@ from chestdx import __version__
 from chestdx.errors import ChestdxError
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal (a log file gets the one-line-per-epoch log instead)."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe overrides given by the shortcut flags and ``--set KEY=VALUE``."""
     from chestdx.config import deep_merge, parse_overrides
@@ -28,6 +33,8 @@ def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "trainer.accelerator": args.accelerator, "trainer.devices": args.devices,
         "trainer.num_nodes": args.num_nodes, "trainer.strategy": args.strategy,
         "trainer.precision": args.precision, "data.num_workers": args.num_workers,
+        "trainer.speed": args.speed,
+        "data.allow_patient_leaks": True if getattr(args, "allow_patient_leaks", False) else None,
     }
     items = [f"{k}={v}" for k, v in flat.items() if v is not None]
     return deep_merge(parse_overrides(items), parse_overrides(args.set or []))
@@ -49,6 +56,24 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _speed(text: str) -> str:
+    """An argparse type: a speed setting (chestdx.engine.precision), its did-you-mean kept."""
+    from chestdx.engine.precision import validate_speed
+
+    try:
+        return validate_speed(text)
+    except ChestdxError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_SPEED_HELP = ("execution mode: auto (measured once per machine, cached) | fp32 | channels_last | bf16 | "
+               "channels_last+bf16 | fp16 | channels_last+fp16 (default: the recipe's inference.speed)")
+
+
+def _add_speed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speed", type=_speed, metavar="MODE", help=_SPEED_HELP)
+
+
 def _add_train_overrides(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe overrides")
     g.add_argument("--epochs", type=_positive(int), help="training epochs (trainer.epochs)")
@@ -58,6 +83,9 @@ def _add_train_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_positive(int), help="images per batch (data.batch_size)")
     g.add_argument("--lr", type=_positive(float), help="learning rate (optim.lr)")
     g.add_argument("--seed", type=int, help="random seed of splits, initialisation and augmentation (seed)")
+    g.add_argument("--allow-patient-leaks", action="store_true",
+                   help="train even when a patient lies in two splits or a test patient was in the encoder run's "
+                        "training set (data.allow_patient_leaks; recorded in leakage.json and the evaluation)")
     g.add_argument("--num-workers", type=int, help="data-loader worker processes (data.num_workers)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any recipe key, e.g. --set optim.weight_decay=1e-4 (repeatable)")
@@ -66,7 +94,10 @@ def _add_train_overrides(p: argparse.ArgumentParser) -> None:
     h.add_argument("--devices", help="number of devices or 'auto'")
     h.add_argument("--num-nodes", type=int, help="machines for DDP (trainer.num_nodes)")
     h.add_argument("--strategy", help="e.g. ddp")
-    h.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed")
+    h.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed (forces the precision; default: from --speed)")
+    h.add_argument("--speed", type=_speed, metavar="MODE",
+                   help=_SPEED_HELP.replace("recipe's inference.speed", "recipe's trainer.speed").replace(
+                       "execution mode", "execution mode of training"))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -129,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.folds:
         return _train_folds(recipe, args)
     run = train(recipe, args.data or [], args.out, resume=args.resume, force=args.force,
-                progress=not args.no_progress)
+                progress=_bars(args))
     print(f"run written to {run.path} (best checkpoint {run.checkpoint('best').name})")
     return 0
 
@@ -149,7 +180,7 @@ def _train_folds(recipe: Any, args: argparse.Namespace) -> int:
             print(f"fold {f}: finished before, kept ({out})")
             continue
         resume = (out / "checkpoints" / "last.ckpt").is_file()
-        train(recipe, args.data or [], out, resume=resume, force=args.force, progress=not args.no_progress,
+        train(recipe, args.data or [], out, resume=resume, force=args.force, progress=_bars(args),
               samples=None if resume else kfold_train_val_test(samples, args.folds, f, seed=recipe.seed))
         print(f"fold {f} written to {out}")
     return 0
@@ -163,7 +194,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     params = json.loads(args.params) if args.params else None
     res = ensemble_runs(args.runs, args.data, split=args.split, out=args.out, procedure=args.procedure,
                         procedure_params=params, n_boot=args.n_boot, which=args.checkpoint,
-                        progress=not args.no_progress)
+                        progress=_bars(args), speed=args.speed)
     o = res["overall"]
     print(f"ensemble of {len(args.runs)} runs on {res['split']} ({res['n_images']} scans): "
           f"accuracy {o['accuracy']['value']:.4f} [{o['accuracy']['low']:.4f}, {o['accuracy']['high']:.4f}], "
@@ -183,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate_run(args.run, args.data, split=args.split, out=args.out, procedure=args.procedure,
                        aggregate=args.aggregate, n_boot=args.n_boot, which=args.checkpoint,
                        scan_aggregate=args.scan_aggregate, segmentation_sources=args.seg_data,
-                       progress=not args.no_progress)
+                       progress=_bars(args), speed=args.speed, heatmaps=args.heatmap)
     print(metrics_report_markdown(res, f"{Path(args.run).name} on {args.split}"))
     return 0
 
@@ -198,7 +229,7 @@ def _evaluate_folds(args: argparse.Namespace, runs: list[Path]) -> int:
     per_site: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         res = evaluate_run(run, split=args.split, procedure=args.procedure, n_boot=args.n_boot,
-                           which=args.checkpoint, progress=not args.no_progress)
+                           which=args.checkpoint, progress=_bars(args), speed=args.speed)
         for site, block in {**(res.get("sites") or {}), "all sites": res["overall"]}.items():
             per_site.setdefault(site, []).append(block)
     table = seed_table({Path(args.run).name: per_site}, metrics=("accuracy", "recall", "specificity", "f1", "auc"),
@@ -217,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from chestdx.utils import atomic_open, to_json
 
     predictor = Predictor(args.model, which=args.checkpoint, procedure=args.procedure,
-                          lesion_score_threshold=args.lesion_threshold)
+                          lesion_score_threshold=args.lesion_threshold, speed=args.speed)
     inputs = expand_inputs(args.inputs, scan_folders=args.scan_folders)
     errors: list[tuple[str, str]] = []
     lines = []
@@ -303,17 +334,17 @@ def _attention_overlay(predictor: Any, source: str, folder: Path, stem: str) -> 
 def _write_overlays(pred: Any, folder: Path, stem: str) -> str:
     """Heatmap overlay PNG(s) of one answer: ``<stem>_cam.png`` or, for a scan, one per slice in
     ``<stem>/``; returns the file or folder written."""
-    from chestdx.evaluate.plots import overlay_heatmap, save_png
+    from chestdx.evaluate.plots import overlay_answer, save_png
 
     if getattr(pred, "details", {}).get("heatmap_kind") == "lesion_mask":
         return _write_lesions(pred, folder, stem)
     if getattr(pred, "slices", None) is None:
         out = folder / f"{stem}_cam.png"
-        save_png(overlay_heatmap(pred.image, pred.heatmap), out)
+        save_png(overlay_answer(pred), out)  # own size, colour bar, map kind and grid
         return str(out)
     sub = folder / stem
     for i, s in zip(pred.slice_indices, pred.slices, strict=True):
-        save_png(overlay_heatmap(s.image, s.heatmap), sub / f"slice_{i:04d}_cam.png")
+        save_png(overlay_answer(s), sub / f"slice_{i:04d}_cam.png")
     return str(sub)
 
 
@@ -335,12 +366,21 @@ def _write_lesions(pred: Any, folder: Path, stem: str) -> str:
     return str(out)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from chestdx.evaluate.compare import compare_runs, comparison_markdown
+
+    res = compare_runs(args.run_a, args.run_b, split=args.split, out=args.out, figures=args.metrics,
+                       n_boot=args.n_boot, seed=args.seed)
+    print(comparison_markdown(res))
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from chestdx.evaluate.table import run_table
 
     over = _overrides_from_args(args)
     table = run_table(args.recipes, args.data, args.out, seeds=args.seeds, overrides=over,
-                      n_boot=args.n_boot, progress=not args.no_progress, folds=args.folds,
+                      n_boot=args.n_boot, progress=_bars(args), folds=args.folds,
                       metrics=tuple(args.metrics))
     print(table)
     return 0
@@ -349,7 +389,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_sweep_voting(args: argparse.Namespace) -> int:
     from chestdx.evaluate.voting_sweep import sweep_voting
 
-    rows = sweep_voting(args.run, ks=args.k, thetas=args.theta, split=args.split, out=args.out, cell=args.cell)
+    rows = sweep_voting(args.run, ks=args.k, thetas=args.theta, split=args.split, out=args.out, cell=args.cell,
+                        speed=args.speed)
     print("| parameter | k | theta | site | accuracy | F1 |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['parameter']} | {r['k']} | {r['theta']:g} | {r['site']} | {100 * r['accuracy']:.2f} "
@@ -369,7 +410,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from chestdx.serve.predictor import Predictor
     from chestdx.serve.report import write_study_report
 
-    predictor = Predictor(args.model, procedure=args.procedure)
+    predictor = Predictor(args.model, procedure=args.procedure, speed=args.speed)
     out = write_study_report(predictor, args.input, args.out, aggregate=args.scan_aggregate,
                              max_slices=args.max_slices, series_uid=args.series_uid)
     print(f"report: {out}")
@@ -384,14 +425,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
           max_pixels=int(args.max_megapixels * 1e6) if args.max_megapixels else None,
           max_voxels=int(args.max_megavoxels * 1e6) if args.max_megavoxels else None,
           max_unzipped_mb=args.max_unzipped_mb, decode_timeout_s=args.decode_timeout,
-          header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
+          header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, speed=args.speed)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from chestdx.demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    report = run_demo(args.out, quick=args.quick, progress=_bars(args))
     print(f"demo report: {report}")
     return 0
 
@@ -466,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
+    s.add_argument("--heatmap", metavar="KINDS", help="also score these heatmap kinds against the lesion masks, "
+                   "comma-separated (cam, gradcam16, layercam16, layercam8, fused16, attention, att2; the run's "
+                   "default map is always scored): pointing game, energy, IoU / Dice, next to a centre prior "
+                   "and the whole body")
+    _add_speed(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="answer images and scans: JSON lines of class probabilities")
@@ -488,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat each folder of slice images as one scan (COV19-CT-DB layout)")
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
+    _add_speed(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("ensemble", help="inter-model ensemble: average several runs' probabilities and score "
@@ -502,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
+    _add_speed(s)
     s.set_defaults(func=cmd_ensemble)
 
     s = sub.add_parser("table", help="train recipes x seeds, evaluate per site, write a paper-style table")
@@ -517,13 +565,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_overrides(s)
     s.set_defaults(func=cmd_table)
 
+    s = sub.add_parser("compare", help="paired difference B - A of two runs on the same test cases, with a "
+                                       "patient-level bootstrap 95%% interval and p-value")
+    s.add_argument("run_a", metavar="RUN_A", help="run folder (its eval-SPLIT/predictions.csv), evaluation folder or "
+                                                  "predictions.csv")
+    s.add_argument("run_b", metavar="RUN_B", help="the same for the run compared with RUN_A")
+    s.add_argument("--split", default="test", help="which evaluation of a run folder (RUN/eval-SPLIT)")
+    s.add_argument("--metrics", nargs="+", help="figures to compare (default: accuracy, macro and weighted "
+                                                "figures, and the positive class's for a binary task)")
+    s.add_argument("--n-boot", type=int, default=2000, help="paired bootstrap resamples")
+    s.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    s.add_argument("--out", help="folder for compare.json and compare.md (default: print only)")
+    s.set_defaults(func=cmd_compare)
+
     s = sub.add_parser("sweep-voting", help="Figure 3 of the cam-snapmix paper: voting accuracy vs k and theta")
     s.add_argument("run", help="a run folder (`chestdx train --out RUN`)")
-    s.add_argument("--k", type=int, nargs="+", default=[1, 5, 11, 21, 31], help="numbers of masked copies to try")
-    s.add_argument("--theta", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4], help="masking thresholds to try")
+    s.add_argument("--k", type=int, nargs="+", default=[1, 5, 10, 15, 20, 25, 30, 31, 32, 33, 34, 35],
+                   help="numbers of masked copies to try (default: Figure 3's range, every k of 30-35)")
+    s.add_argument("--theta", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5],
+                   help="certainty thresholds to try (default: Figure 3's 0.1-0.5)")
     s.add_argument("--cell", type=int, help="cell side in px (default: the recipe's, 8 at 224 px)")
     s.add_argument("--split", default="test", help="which split to score")
     s.add_argument("--out", help="output folder (default RUN/voting-sweep)")
+    _add_speed(s)
     s.set_defaults(func=cmd_sweep_voting)
 
     s = sub.add_parser("export", help="write a model bundle (weights, recipe, card) from a trained run")
@@ -542,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--series-uid", help="a folder holding several DICOM series: answer this SeriesInstanceUID")
     s.add_argument("--max-slices", type=int, default=64, help="answer at most this many slices of a scan")
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
+    _add_speed(s)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("serve", help="web service: POST /predict, GET /health, GET /model, a page at /")
@@ -564,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a connection may take to send its request head (default %(default)s)")
     s.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds the body may pause between chunks before a 408 (default %(default)s)")
+    _add_speed(s)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")
@@ -619,6 +685,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("train", "table", "demo") and not args.verbose:
+        # what training does (data layout and counts, device, one line per epoch) is always shown
+        ours = logging.getLogger("chestdx")
+        if not ours.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("chestdx: %(message)s"))
+            ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
     if not args.verbose:
         import warnings
 

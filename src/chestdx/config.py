@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chestdx.errors import ConfigError
 
@@ -31,8 +31,12 @@ class AugmentConfig(_Strict):
     """Random augmentations applied to training images only (after caching).
 
     Probabilities are in [0, 1]; angles in degrees; ``translate`` as a fraction of the size.
+    ``policy``: ``chestdx`` = the fields below, all applied; ``magsd_table2`` = MAG-SD's Table 2 (a
+    random subset of brightness, contrast, zoom-in crop, rotation, flips; the fields below unused; see
+    :class:`chestdx.data.transforms.MagsdAugment`).
     """
 
+    policy: Literal["chestdx", "magsd_table2"] = "chestdx"
     hflip: float = 0.5
     vflip: float = 0.0
     rotate: float = 10.0
@@ -50,7 +54,9 @@ class DataConfig(_Strict):
     """Preprocessing and loading.
 
     ``normalize``: ``zscore`` = per-image zero mean, unit variance (the papers' choice);
-    ``unit`` = keep [0, 1]; ``imagenet`` = ImageNet mean/std of the grey value.
+    ``unit`` = keep [0, 1]; ``imagenet`` = ImageNet mean/std of the grey value; ``inception`` =
+    ``(x - 0.5) / 0.5`` (timm's IMAGENET_INCEPTION_MEAN / STD on every RGB channel: what the
+    EfficientNet-Lite ImageNet weights expect; ``model.weights: imagenet`` with those backbones sets it).
     """
 
     image_size: int = Field(224, ge=16, le=1024)
@@ -60,11 +66,14 @@ class DataConfig(_Strict):
     clahe: bool = False
     clahe_clip: float = 0.01
     clahe_tile: int = 8
-    normalize: Literal["zscore", "unit", "imagenet"] = "zscore"
+    normalize: Literal["zscore", "unit", "imagenet", "inception"] = "zscore"
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
     cache: bool = True
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    # training refuses a patient in two splits, or a val/test patient its encoder run trained on
+    # (data/splits.py: check_patient_leaks), unless this is true (then recorded in leakage.json)
+    allow_patient_leaks: bool = False
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
     # task "volume" (data/volume_dataset.py): slices after resizing (H = W = image_size), and the
     # folder of the on-disk cache of preprocessed volumes (default $CHESTDX_CACHE_DIR, else
@@ -105,6 +114,9 @@ class ModelConfig(_Strict):
     weights: str = "none"
     head_hidden: int = 512
     dropout: float = 0.0
+    # no gradient (and batch norm in eval mode) for the backbone's stem and first N stages; -1: the
+    # whole backbone (a linear probe of the head); 0: train everything
+    freeze_stages: int = Field(0, ge=-1)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -158,11 +170,16 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "step", "multistep"] = "none"
+    scheduler: Literal["none", "cosine", "step", "multistep", "onecycle"] = "none"
     step_size: int = 30
     # multistep: lr times gamma at these fractions of trainer.epochs (cmc-cov19d: 0.3 and 0.8)
     milestones: tuple[float, ...] = ()
     gamma: float = 0.1
+    # discriminative learning rates: the backbone (the pretrained layers) at backbone_lr, the new
+    # layers (heads, attention, ...) at lr; None: one lr for all (SnapMix: backbone 1e-3, new 1e-2)
+    backbone_lr: float | None = Field(None, gt=0)
+    # onecycle: share of the steps spent warming up
+    warmup_fraction: float = Field(0.1, gt=0, lt=1)
 
 
 class EarlyStoppingConfig(_Strict):
@@ -216,6 +233,22 @@ class Recipe(_Strict):
     inference: InferenceConfig = Field(default_factory=lambda: InferenceConfig())
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig())
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig())
+
+    @model_validator(mode="after")
+    def _weights_normalize(self) -> Recipe:
+        """ImageNet weights that need a fixed input scale (EfficientNet-Lite: ``inception``) set
+        ``data.normalize``, so the stored recipe (run, bundle) carries what the weights were trained with."""
+        from chestdx.pretrained import weights_normalize
+
+        want = weights_normalize(self.model.backbone, self.model.weights)
+        if want and self.data.normalize != want:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "data.normalize %s -> %s: the ImageNet weights of %s expect inputs scaled that way",
+                self.data.normalize, want, self.model.backbone)
+            self.data.normalize = want  # type: ignore[assignment]
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -304,21 +337,70 @@ def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | Iterabl
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     data = deep_merge(data, overrides)
-    return validate_recipe(data, origin)
+    return validate_recipe(data, origin, overridden=_dotted_keys(overrides))
 
 
-def validate_recipe(data: Mapping[str, Any], origin: str = "recipe") -> Recipe:
+def _dotted_keys(d: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Every key of a nested mapping, dotted (``{"optim": {"lr": 1}}`` -> ``{"optim", "optim.lr"}``)."""
+    out: set[str] = set()
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.add(key)
+        if isinstance(v, Mapping):
+            out |= _dotted_keys(v, key + ".")
+    return out
+
+
+def recipe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:  # type: ignore[assignment]
+    """Every settable dotted key of a recipe (``optim.weight_decay``, ``data.augment.flip``, ...)."""
+    import typing
+
+    model = model or Recipe
+    out: list[str] = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        out.append(key)
+        for t in (f.annotation, *typing.get_args(f.annotation)):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                out += recipe_keys(t, key + ".")
+                break
+    return out
+
+
+def _did_you_mean(loc: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(loc, recipe_keys(), n=3, cutoff=0.75)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def validate_recipe(data: Mapping[str, Any], origin: str = "recipe", overridden: set[str] | None = None) -> Recipe:
     """Validate a plain mapping into a :class:`Recipe`.
 
+    Args:
+        data: the recipe as plain data.
+        origin: where it came from (named in the error).
+        overridden: dotted keys set by overrides (``--set``, shortcut flags): an error in one of them
+            is blamed on the override, not on ``origin``.
+
     Raises:
-        ConfigError: listing every invalid key with its value and the reason.
+        ConfigError: listing every invalid key with its value, the reason, where it was set, and
+            for an unknown key the closest known ones.
     """
     try:
         return Recipe.model_validate(dict(data))
     except ValidationError as e:
         lines = []
+        blamed_override = False
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
+            parts = [str(x) for x in err["loc"]]
+            loc = ".".join(parts)
             got = err.get("input")
-            lines.append(f"  {loc}: {err['msg']} (got {got!r})")
-        raise ConfigError(f"{origin}: invalid recipe\n" + "\n".join(lines)) from None
+            where = ""
+            if overridden and any(".".join(parts[:i]) in overridden for i in range(len(parts), 0, -1)):
+                where, blamed_override = " [set by an override: --set or a flag]", True
+            hint = _did_you_mean(loc) if err.get("type") == "extra_forbidden" else ""
+            msg = "unknown key" if err.get("type") == "extra_forbidden" else err["msg"]
+            lines.append(f"  {loc}: {msg} (got {got!r}){where}{hint}")
+        head = f"{origin} with the overrides given" if blamed_override else origin
+        raise ConfigError(f"{head}: invalid recipe\n" + "\n".join(lines)) from None

@@ -94,6 +94,10 @@ def test_resume_keeps_the_runs_recipe_and_refuses_changed_settings(phantom_slice
     assert "batch_size" not in err and "Traceback" not in err
     assert (run / "recipe.yaml").read_text() == recipe_yaml
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
+    # where it trains is not what it learns: a hardware change alone is no reason to refuse
+    rc = main(["train", "demo", "--out", str(run), "--resume", "--no-progress", "--accelerator", "cpu", "--lr", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "optim.lr" in err and "trainer.accelerator" not in err
 
     assert main(["train", "baseline", "--out", str(run), "--resume", "--no-progress"]) == 2
     assert "trained with recipe 'demo', not 'baseline'" in capsys.readouterr().err

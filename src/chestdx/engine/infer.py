@@ -79,7 +79,8 @@ def cam_voting_procedure(model: ChestModel, images: Tensor, **params: Any) -> In
     else:
         onehot = torch.nn.functional.one_hot(res.label.long(), probs.shape[1]).to(probs)
         probs = torch.where(flipped[:, None], onehot, probs)
-    return InferenceResult(probs, {"flipped": res.flipped, "vote_probs": res.probs}, output=out)
+    return InferenceResult(probs, {"flipped": res.flipped, "vote_probs": res.probs, "vote_original": res.original_prob},
+                           output=out)
 
 
 def run_procedure(name: str, params: dict[str, Any], model: ChestModel, images: Tensor) -> InferenceResult:

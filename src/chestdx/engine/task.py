@@ -146,9 +146,31 @@ class ChestTask(L.LightningModule):
         self.log("val_acc", acc, prog_bar=True)
         self.log("val_auc", _auc(probs, labels, self.recipe.data.num_classes))
 
-    def configure_optimizers(self) -> Any:
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters as optimiser groups: one at ``optim.lr``, or, with
+        ``optim.backbone_lr``, the backbone (pretrained layers) at ``backbone_lr`` and everything else
+        (heads, attention, objectives' projections) at ``lr``.
+
+        Raises:
+            ConfigError: ``backbone_lr`` set for a model without a backbone.
+        """
         o = self.recipe.optim
         params = [p for p in self.parameters() if p.requires_grad]
+        if o.backbone_lr is None:
+            return [{"params": params, "lr": o.lr}]
+        backbone_ids = {id(p) for p in self.model.backbone_parameters()}
+        if not backbone_ids:
+            from chestdx.errors import ConfigError
+
+            raise ConfigError(f"optim.backbone_lr={o.backbone_lr}: model '{self.recipe.model.name}' has no "
+                              "backbone parameters to give it; remove it")
+        groups = [{"params": [p for p in params if id(p) in backbone_ids], "lr": o.backbone_lr, "name": "backbone"},
+                  {"params": [p for p in params if id(p) not in backbone_ids], "lr": o.lr, "name": "new"}]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self) -> Any:
+        o = self.recipe.optim
+        params: Any = self.param_groups()
         if o.name == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
                                                          weight_decay=o.weight_decay)
@@ -164,6 +186,11 @@ class ChestTask(L.LightningModule):
             epochs = self.recipe.trainer.epochs
             steps = sorted({max(1, round(f * epochs)) for f in o.milestones})
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=o.gamma)
+        elif o.scheduler == "onecycle":  # per step: warm up to each group's lr, then cosine down
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                        total_steps=total, pct_start=o.warmup_fraction)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         else:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -26,7 +26,10 @@ from lightning.pytorch.loggers import CSVLogger
 from chestdx import __version__
 from chestdx.config import Recipe, load_recipe
 from chestdx.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
-from chestdx.engine.datamodule import ChestDataModule, load_samples
+from chestdx.engine.datamodule import ChestDataModule, load_samples, patient_leak_check
+from chestdx.engine.precision import lightning_precision, training_mode
+from chestdx.engine.progress import EpochLog, describe_data
+from chestdx.engine.progress import log as progress_log
 from chestdx.engine.run import Run, read_samples, save_run_start, write_samples
 from chestdx.engine.task import ChestTask
 from chestdx.errors import RunError
@@ -93,6 +96,12 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
+
+
+#: Settings of where a run trains, not of what it learns: ``--resume`` takes changes to these (a run
+#: started on the CPU may continue on a GPU) without ``--force``, and records them like forced ones.
+HARDWARE_KEYS = frozenset({"trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+                           "data.num_workers"})
 
 
 def recipe_changes(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
@@ -231,8 +240,9 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
         if not (out / "recipe.yaml").is_file():
             raise RunError(f"--resume: {out} has no recipe.yaml; it is not a complete chestdx run folder")
         changes = recipe_changes(load_recipe(out / "recipe.yaml"), recipe)
-        if changes and not force:
-            lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))
+        refused = {k: v for k, v in changes.items() if k not in HARDWARE_KEYS}
+        if refused and not force:
+            lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in refused.items()))
             raise RunError(f"{out}: --resume continues the run's own recipe ({out / 'recipe.yaml'}), and these "
                            f"settings differ from it:\n{lines}\nDrop them to continue the run as it was "
                            "trained, or add --force to apply them (recorded in recipe.yaml and train.json).")
@@ -255,6 +265,7 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     if samples is None:
         samples = load_samples(sources, recipe, check=check_files)
+    patient_leak_check(recipe, samples, out)  # refuses a patient leak (also against the encoder run): leakage.json
     if recipe.task == "lesion":  # Algorithm 1 of the affinity paper: paired batches, two steps (engine/lesion.py)
         from chestdx.engine.lesion import LesionDataModule, LesionTask
 
@@ -268,13 +279,16 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
         if recipe.task == "lesion":
             write_samples(out / "segmentation_samples.csv", dm.seg_samples)  # type: ignore[attr-defined]
     task = (LesionTask if recipe.task == "lesion" else ChestTask)(recipe, dm.class_counts)
+    task.exec_mode = training_mode(recipe, task.model)  # trainer.speed (engine/precision.py); auto measures once
     tc = recipe.trainer
     best = RunCheckpoint(dirpath=ckdir, filename="best", monitor=tc.monitor, mode=tc.monitor_mode,
                          save_last=False, save_top_k=1, enable_version_counter=False)
     # after every epoch, after best.ckpt and history.json (Lightning runs checkpoint callbacks last, in order)
     last_cb = RunCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, save_last=False,
                             save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks: list[Callback] = [best, last_cb, _History(out / "history.json", start_epoch if resume else None)]
+    callbacks: list[Callback] = [best, last_cb, _History(out / "history.json", start_epoch if resume else None),
+                                 EpochLog()]
+    progress_log.info("%s", describe_data(dm.summary(), list(dm.site_names)))
     if changes:
         callbacks.append(_RecordForcedChanges(out, recipe, {
             "at_epoch": start_epoch, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -287,7 +301,7 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     kwargs: dict[str, Any] = dict(
         max_epochs=tc.epochs, accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
-        strategy=tc.strategy, precision=tc.precision, gradient_clip_val=tc.gradient_clip,
+        strategy=tc.strategy, precision=lightning_precision(recipe, task.exec_mode), gradient_clip_val=tc.gradient_clip,
         callbacks=callbacks, logger=CSVLogger(out, name="logs"),
         plugins=[AtomicCheckpointIO()], enable_progress_bar=progress, enable_model_summary=False,
         log_every_n_steps=tc.log_every_n_steps, default_root_dir=out, deterministic=False,
@@ -308,15 +322,16 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
     _write_summary(out, recipe, epochs_run=trainer.current_epoch, wall=time.time() - t0,
                    best=float(best.best_model_score) if best.best_model_score is not None else None,
                    best_name=Path(best.best_model_path).name if best.best_model_path else None,
-                   resumed=resume, start_epoch=start_epoch)
+                   resumed=resume, start_epoch=start_epoch, speed=task.exec_mode.name)
     return Run(out)
 
 
 def _write_summary(out: Path, recipe: Recipe, *, epochs_run: int, wall: float, best: float | None,
-                   best_name: str | None, resumed: bool, start_epoch: int) -> None:
+                   best_name: str | None, resumed: bool, start_epoch: int, speed: str | None = None) -> None:
     write_json(out / "train.json", {
         "chestdx_version": __version__,
         "torch_version": torch.__version__,
+        "speed": speed,
         "epochs_run": epochs_run,
         "epochs": recipe.trainer.epochs,
         "wall_seconds": round(wall, 2),

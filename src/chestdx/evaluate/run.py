@@ -26,44 +26,59 @@ from chestdx.utils import atomic_open, write_json, write_text
 
 def _write_predictions(path: Path, samples: Sequence[Any], preds: dict[str, np.ndarray],
                        class_names: Sequence[str]) -> None:
+    """One row per case: ``path, site, patient_id, label, pred, p_<class>...``; after CAM voting also
+    ``flipped``, ``vote_p_0`` (the whole image's probability of the positive class, or of the
+    originally predicted class for K > 2) and ``vote_p_1 .. vote_p_k`` (the same for the copy with
+    the i highest-CAM cells masked): the curve of the paper's Figure 2."""
     buf = io.StringIO()
     w = csv.writer(buf)
     extra = [k for k in ("flipped",) if k in preds]
-    w.writerow(["path", "site", "patient_id", "label", "pred", *[f"p_{c}" for c in class_names], *extra])
+    votes = preds.get("vote_probs")
+    n_votes = int(votes.shape[1]) if votes is not None and votes.ndim == 2 else 0
+    original = preds.get("vote_original")
+    vote_cols = ([] if original is None or not n_votes else ["vote_p_0"]) + [f"vote_p_{j + 1}" for j in range(n_votes)]
+    w.writerow(["path", "site", "patient_id", "label", "pred", *[f"p_{c}" for c in class_names], *extra, *vote_cols])
     for row, i in enumerate(preds["index"]):
         s = samples[int(i)]
         p = preds["probs"][row]
+        v = [] if votes is None or not n_votes else ([] if original is None else [original[row]]) + list(votes[row])
         w.writerow([s.path, s.site, s.patient_id, class_names[s.label], class_names[int(p.argmax())],
-                    *[f"{v:.6f}" for v in p], *[int(preds[k][row]) for k in extra]])
+                    *[f"{x:.6f}" for x in p], *[int(preds[k][row]) for k in extra], *[f"{x:.6f}" for x in v]])
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
         f.write(buf.getvalue())
 
 
 def evaluate_predictions(probs: np.ndarray, labels: np.ndarray, sites: Sequence[str],
                          patients: Sequence[str], class_names: Sequence[str], *, n_boot: int = 1000,
-                         seed: int = 0, aggregate: str | None = None) -> dict[str, Any]:
+                         seed: int = 0, aggregate: str | None = None, case_unit: str = "image") -> dict[str, Any]:
     """Metrics overall, per site (where there are several) and per patient (with ``aggregate``).
+
+    Intervals resample patients (``site/patient``, a cluster bootstrap), so the slices of one patient
+    count as one draw; the unit is named in each block's ``ci_unit`` (see
+    :func:`~chestdx.evaluate.metrics.classification_metrics`).
 
     Args:
         probs: ``(N, K)``; labels: ``(N,)``; sites, patients: ``N`` names.
+        case_unit: what a row is (``image``, ``sequence``, ``volume``).
     """
     from chestdx.evaluate.metrics import aggregate as aggregate_groups
     from chestdx.evaluate.metrics import classification_metrics
 
+    groups = np.asarray([f"{s}/{p}" for s, p in zip(sites, patients, strict=True)], dtype=object)
     result: dict[str, Any] = {"overall": classification_metrics(labels, probs, class_names, n_boot=n_boot,
-                                                               seed=seed)}
+                                                               seed=seed, groups=groups, case_unit=case_unit)}
     site_arr = np.asarray(sites)
     uniq = sorted(set(sites))
     if len(uniq) > 1:
         result["sites"] = {
             s: classification_metrics(labels[site_arr == s], probs[site_arr == s], class_names,
-                                      n_boot=n_boot, seed=seed)
+                                      n_boot=n_boot, seed=seed, groups=groups[site_arr == s], case_unit=case_unit)
             for s in uniq
         }
     if aggregate:
-        groups = [f"{s}/{p}" for s, p in zip(sites, patients, strict=True)]
-        _, pg, yg = aggregate_groups(probs, groups, aggregate, y_true=labels)  # type: ignore[arg-type]
-        result["patient"] = classification_metrics(yg, pg, class_names, n_boot=n_boot, seed=seed)
+        _, pg, yg = aggregate_groups(probs, list(groups), aggregate, y_true=labels)  # type: ignore[arg-type]
+        result["patient"] = classification_metrics(yg, pg, class_names, n_boot=n_boot, seed=seed,
+                                                   case_unit="patient")
         result["patient"]["aggregate"] = aggregate
     return result
 
@@ -73,6 +88,10 @@ def metrics_report_markdown(result: dict[str, Any], title: str) -> str:
     from chestdx.evaluate.report import metrics_markdown
 
     parts = [metrics_markdown(result["overall"], title=f"{title}: all images")]
+    if result.get("leakage"):
+        from chestdx.engine.datamodule import leakage_markdown
+
+        parts.append(leakage_markdown(result["leakage"]))
     for site, m in result.get("sites", {}).items():
         parts.append(metrics_markdown(m, title=f"{title}: site {site}"))
     if "patient" in result:
@@ -88,11 +107,32 @@ def metrics_report_markdown(result: dict[str, Any], title: str) -> str:
                      f"{loc['n_images']} images with a lesion: mean {loc['iou_mean']:.3f}, median "
                      f"{loc['iou_median']:.3f} (Dice mean {loc['dice_mean']:.3f}); IoU of the enclosing boxes "
                      f"mean {loc.get('box_iou_mean', float('nan')):.3f}")
+    if result.get("heatmap_localisation"):
+        from chestdx.evaluate.localisation import localisation_markdown
+
+        parts.append(localisation_markdown(result["heatmap_localisation"], title))
     if "segmentation" in result or "lesion_classification" in result:
         from chestdx.evaluate.lesion import lesion_markdown
 
         parts.append(lesion_markdown(result, title))
     return "\n\n".join(parts) + "\n"
+
+
+#: Run-folder file: split -> the ``metrics.json`` of the run's latest evaluation on its own split.
+EVALUATIONS = "evaluations.json"
+
+
+def _record_evaluation(run_path: Path, split: str, metrics: Path) -> None:
+    import json
+
+    f = run_path / EVALUATIONS
+    try:
+        known = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    known[split] = str(metrics.resolve())
+    write_json(f, known)
 
 
 def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = None, split: str = "test",
@@ -101,7 +141,7 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
                  n_boot: int = 1000, which: str = "best", progress: bool = False,
                  scan_aggregate: str | None = None, localisation: bool = True,
                  segmentation_sources: Sequence[str | Path] | None = None,
-                 speed: str | None = None) -> dict[str, Any]:
+                 speed: str | None = None, heatmaps: Sequence[str] | str | None = None) -> dict[str, Any]:
     """Evaluate a run on ``split`` of its own data (or of ``sources``).
 
     A ``task: sequence`` run is scored per sequence (one row per scan in ``predictions.csv``; the
@@ -117,7 +157,10 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
             ``split`` (default the run's ``segmentation_samples.csv``); see :mod:`chestdx.evaluate.lesion`.
         scan_aggregate: ``mean`` / ``majority`` / ``max``: also one answer per scan from the slice
             answers (metrics under ``"scan"``, rows in ``scans.csv``); slice runs only.
-        localisation: score attention masks against lesion masks where possible.
+        localisation: score attention masks against lesion masks where possible, and the heatmaps:
+            the run's default kind and each of ``heatmaps`` (``"cam,gradcam16"`` or a list), next to a
+            centre prior and the whole body (``"heatmap_localisation"``, in ``localisation.json`` under
+            ``"heatmaps"``; :mod:`chestdx.evaluate.localisation`).
         speed: execution mode setting (``auto``, ``fp32``, ``channels_last+bf16``, ...; see
             :mod:`chestdx.engine.precision`); default the recipe's ``inference.speed``. The mode
             chosen is recorded as ``"speed"`` in the metrics.
@@ -132,6 +175,9 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
 
     run = run if isinstance(run, Run) else Run(run)
     recipe = run.recipe
+    from chestdx.evaluate.localisation import parse_heatmap_kinds
+
+    heatmap_kinds = ["auto", *[k for k in parse_heatmap_kinds(heatmaps) if k != "auto"]]  # checked before any work
     if sources:
         from chestdx.engine.datamodule import load_samples
 
@@ -177,11 +223,14 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     result = evaluate_predictions(
         preds["probs"], preds["label"].astype(int), [chosen[i].site for i in order],
         [chosen[i].patient_id for i in order], class_names, n_boot=n_boot, seed=recipe.seed,
-        aggregate=aggregate,
+        aggregate=aggregate, case_unit={"sequence": "sequence", "volume": "scan"}.get(recipe.task, "image"),
     )
     result["split"] = split
     result["procedure"] = name
     result["n_images"] = len(chosen)
+    from chestdx.engine.datamodule import patient_leak_check
+
+    result["leakage"] = patient_leak_check(recipe, samples, refuse=False)  # the split check, stated in metrics.md
     result["speed"] = mode.name
     if seq_report is not None:
         result["sequences"] = seq_report.to_dict()
@@ -194,8 +243,10 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
 
         answers = scan_level_answers(preds["probs"], [scan_id_of(chosen[i]) for i in order], scan_aggregate,
                                      labels=preds["label"].astype(int))
+        scan_patient = {scan_id_of(chosen[i]): f"{chosen[i].site}/{chosen[i].patient_id}" for i in order}
         result["scan"] = classification_metrics(np.asarray(answers.labels), answers.probs, class_names, n_boot=n_boot,
-                                                seed=recipe.seed)
+                                                seed=recipe.seed, groups=[scan_patient[q] for q in answers.scan_ids],
+                                                case_unit="scan")
         result["scan"]["aggregate"] = scan_aggregate
         result["scan"]["n_scans"] = len(answers.scan_ids)
         write_scan_answers(out / "scans.csv", answers, class_names)
@@ -208,6 +259,16 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         if loc["n_images"]:
             result["localisation"] = {k: v for k, v in loc.items() if k != "per_image"}
             write_json(out / "localisation.json", loc)
+    if localisation and seq_report is None and recipe.task not in ("volume", "lesion") \
+            and any(s.mask for s in chosen):  # every heatmap kind asked for (evaluate/localisation.py)
+        from chestdx.evaluate.localisation import score_heatmaps
+
+        with running(model, mode, device):
+            hloc = score_heatmaps(model, loader, chosen, heatmap_kinds, n_boot=n_boot, seed=recipe.seed)
+        if hloc["n_images"]:
+            result["heatmap_localisation"] = {k: v for k, v in hloc.items() if k != "per_image"}
+            attention = loc if "localisation" in result else {}  # loc: the attention scores above
+            write_json(out / "localisation.json", {**attention, "heatmaps": hloc})
     if recipe.task == "lesion":  # affinity paper: Eq. 14 F1 and COCO mask AP (evaluate/lesion.py)
         from chestdx.evaluate.lesion import lesion_run_results
 
@@ -216,6 +277,8 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     if "flipped" in preds:
         result["flipped"] = int(preds["flipped"].sum())
     write_json(out / "metrics.json", result)
+    if not sources:  # the run's own split: remember where, so that export finds it (model card)
+        _record_evaluation(run.path, split, out / "metrics.json")
     write_text(out / "metrics.md", metrics_report_markdown(result, f"{recipe.name} on {split}"))
     _write_predictions(out / "predictions.csv", chosen, preds, class_names)
     plot_confusion_matrix(np.asarray(result["overall"]["confusion_matrix"]), class_names,

@@ -71,6 +71,8 @@ class ScanPrediction:
         slices: the ``N`` per-slice answers (each with its heatmap and image when asked for).
         meta: how the scan was read (series, spacing, slice files).
         slice_weights: a sequence model's attention weight of each answered slice (sums to 1).
+        warning: the out-of-distribution warning when most answered slices look unlike the training
+            images (:mod:`chestdx.serve.ood`), else None.
     """
 
     source: str
@@ -82,6 +84,7 @@ class ScanPrediction:
     meta: dict[str, Any] = field(default_factory=dict)
     kind: str = "volume"
     slice_weights: list[float] | None = None
+    warning: str | None = None
 
     @property
     def heatmaps(self) -> np.ndarray | None:
@@ -96,6 +99,7 @@ class ScanPrediction:
                 "slice_labels": [s.label for s in self.slices],
                 "slice_probs": [[round(v, 6) for v in s.probs.values()] for s in self.slices],
                 **({"slice_attention": self.slice_weights} if self.slice_weights is not None else {}),
+                **({"warning": self.warning} if self.warning else {}),
                 "meta": self.meta}
 
 
@@ -110,17 +114,21 @@ class Predictor:
         device: ``cpu`` or ``cuda``.
         lesion_score_threshold: lesion models: detections scoring at least this are listed and
             drawn (in [0, 1]; default 0.5).
+        speed: execution mode setting (``auto``, ``fp32``, ``channels_last+bf16``, ...; see
+            :mod:`chestdx.engine.precision`); default the recipe's ``inference.speed``, which a
+            bundle carries. ``auto`` is resolved on this machine (cached per machine), once for
+            single images and once for batches. Lesion detection always runs in fp32.
     """
 
     def __init__(self, model_path: str | Path, which: str = "best", procedure: str | None = None,
-                 device: str = "cpu", lesion_score_threshold: float = 0.5):
+                 device: str = "cpu", lesion_score_threshold: float = 0.5, speed: str | None = None):
         from chestdx.engine.run import Run
         from chestdx.serve.bundle import load_any
 
         if isinstance(model_path, Run):
             model_path = model_path.path
         recipe, model, class_names, card = load_any(model_path, which)
-        self._setup(recipe, model, class_names, card, procedure, device)
+        self._setup(recipe, model, class_names, card, procedure, device, speed)
         self.path = Path(model_path)
         if not 0.0 <= lesion_score_threshold <= 1.0:
             raise ConfigError(f"lesion score threshold must be in [0, 1], got {lesion_score_threshold}")
@@ -128,16 +136,19 @@ class Predictor:
 
     @classmethod
     def from_model(cls, recipe: Any, model: Any, card: dict[str, Any] | None = None,
-                   procedure: str | None = None, device: str = "cpu") -> Predictor:
+                   procedure: str | None = None, device: str = "cpu", speed: str | None = None) -> Predictor:
         """A predictor around a model in memory (e.g. freshly built for a benchmark)."""
         self = cls.__new__(cls)
         names = list(recipe.data.class_names)
-        self._setup(recipe, model, names, card or {"name": recipe.name, "class_names": names}, procedure, device)
+        self._setup(recipe, model, names, card or {"name": recipe.name, "class_names": names}, procedure, device,
+                    speed)
         self.path = Path(".")
         return self
 
     def _setup(self, recipe: Any, model: Any, class_names: Sequence[str], card: dict[str, Any],
-               procedure: str | None, device: str) -> None:
+               procedure: str | None, device: str, speed: str | None = None) -> None:
+        from chestdx.engine.precision import InferenceSpeed
+
         if recipe.task not in ("slice", "cxr", "lesion", "volume", "sequence"):
             raise ConfigError(f"the predictor answers slice, X-ray, lesion, volume and sequence models; this model's task is "
                               f"{recipe.task!r}")
@@ -152,6 +163,34 @@ class Predictor:
         self.heatmap_kind = "auto"  # see chestdx.explain.heatmap: ATT2 / MAG-SD attention, else CAM
         self.lesion_score_threshold = 0.5  # task lesion: detections shown / listed from this score
         self._lock = threading.Lock()  # one forward at a time on a shared model
+        self.speed = InferenceSpeed(self.model, speed or getattr(recipe.inference, "speed", "auto"), self.device)
+        """The execution mode control; ``self.speed.modes`` holds what ``auto`` chose per shape."""
+
+    def resolve_speed(self, batch_sizes: Sequence[int] = (1, 16)) -> dict[str, str]:
+        """Resolve the execution mode now for inputs of these batch sizes (``auto`` measures here, once
+        per machine, instead of on the first answer); returns ``{shape key: mode name}``."""
+        cfg, c = self.recipe.data, int(getattr(self.model, "in_chans", 1))
+        for b in batch_sizes if self.recipe.task not in ("volume", "sequence") else (1,):
+            shape = {"volume": (1, c, cfg.volume_depth, cfg.image_size, cfg.image_size),
+                     "sequence": (1, cfg.sequence_length, c, cfg.image_size, cfg.image_size)}.get(
+                         self.recipe.task, (b, c, cfg.image_size, cfg.image_size))
+            with self._lock:
+                self.speed.mode_for(shape)
+        return {k: m.name for k, m in self.speed.modes.items()}
+
+    def _input_check(self, x: torch.Tensor) -> dict[str, Any]:
+        """``{"input_check": ..., "warning": ...}`` for one model input ``(S, S)`` against the training
+        images' profile (:mod:`chestdx.serve.ood`); empty without a profile (run folders, 3D models)."""
+        from chestdx.serve.ood import check_input, warning_text
+
+        res = check_input(x.float().cpu().numpy(), (self.card or {}).get("input_profile"))
+        if res is None:
+            return {}
+        out: dict[str, Any] = {"input_check": res}
+        text = warning_text(res)
+        if text:
+            out["warning"] = text
+        return out
 
     def _named(self, probs: np.ndarray) -> tuple[dict[str, float], str]:
         """``(K,)`` probabilities -> ``({class: p}, the argmax class)``."""
@@ -192,21 +231,27 @@ class Predictor:
         images = images.to(self.device)
         if self.recipe.task == "lesion":
             return self._predict_lesions(images, sources, heatmap)
-        with self._lock:
-            res = run_procedure(self.procedure, self.params, self.model, images)
+        with self._lock, self.speed.run(images) as x:  # the execution mode (engine/precision.py)
+            res = run_procedure(self.procedure, self.params, self.model, x)
             maps, kind = None, None
             if heatmap:  # the procedure's own forward pass serves the heatmap too
                 from chestdx.explain.heatmap import heatmap as explain
 
-                hm, kind = explain(self.model, images, self.heatmap_kind, out=res.output)
-                maps = hm.cpu().numpy()
+                hm, kind = explain(self.model, x, self.heatmap_kind, out=res.output)
+                maps = hm.float().cpu().numpy()
         probs = res.probs.float().cpu().numpy()
         out = []
         for i, src in enumerate(sources):
             det: dict[str, Any] = {k: v[i].item() if v[i].numel() == 1 else v[i].tolist()
                                    for k, v in res.details.items()}
             if kind is not None:
+                from chestdx.explain.heatmap import heatmap_grid
+
                 det["heatmap_kind"] = kind
+                grid = heatmap_grid(self.model, kind, tuple(images.shape[-2:]))
+                if grid is not None:
+                    det["heatmap_grid"] = list(grid)  # the map's own grid before upsampling
+            det.update(self._input_check(images[i, 0]))
             pdict, label = self._named(probs[i])
             out.append(Prediction(
                 source=src, probs=pdict, label=label,
@@ -236,6 +281,7 @@ class Predictor:
             union = f["masks"].any(0) if len(f["masks"]) else np.zeros(images.shape[-2:], bool)
             if heatmap:
                 det["heatmap_kind"] = "lesion_mask"
+            det.update(self._input_check(images[i, 0]))
             pdict, label = self._named(probs[i])
             out.append(Prediction(
                 source=src, probs=pdict, label=label,
@@ -253,12 +299,18 @@ class Predictor:
             return self._predict_sequence(study, heatmap)
         if study.kind == "image":
             x = self.preprocess_array(study.array, study.name)[None]
-            return self.predict_tensor(x, [study.name], heatmap=heatmap)[0]
+            answer = self.predict_tensor(x, [study.name], heatmap=heatmap)[0]
+            if heatmap:  # overlays are drawn at the image's own size (evaluate/plots.py overlay_answer)
+                answer.details["image_size"] = [int(v) for v in study.array.shape[-2:]]
+            return answer
         x, idx = self.slice_batch(study, max_slices)
         slices: list[Prediction] = []
         for s in range(0, len(idx), batch_size):
             slices += self.predict_tensor(x[s:s + batch_size], [f"{study.name}[{i}]" for i in idx[s:s + batch_size]],
                                           heatmap=heatmap)
+        if heatmap:
+            for sl in slices:
+                sl.details["image_size"] = [int(v) for v in study.array.shape[-2:]]
         return self.scan_answer(study, slices, idx, aggregate)
 
     def _predict_volume(self, study: Study, heatmap: bool) -> ScanPrediction:
@@ -285,9 +337,9 @@ class Predictor:
         cfg = self.recipe.data
         vol = preprocess_volume(study.array, (cfg.volume_depth, cfg.image_size, cfg.image_size), study.name)
         x = vol[None, None].to(self.device)
-        with self._lock:
-            res = run_procedure(self.procedure, self.params, self.model, x)
-            maps = volume_cam(self.model, x)[0].cpu().numpy() if heatmap else None
+        with self._lock, self.speed.run(x) as xm:
+            res = run_procedure(self.procedure, self.params, self.model, xm)
+            maps = volume_cam(self.model, xm)[0].float().cpu().numpy() if heatmap else None
         probs = res.probs.float().cpu().numpy()[0]
         pdict, label = self._named(probs)
         d0, d = study.array.shape[0], vol.shape[0]
@@ -321,8 +373,8 @@ class Predictor:
                               "folder or (D, H, W) array), not a single 2D image")
         idx = uniform_indices(study.array.shape[0], self.recipe.data.sequence_length)
         x = torch.stack([self.preprocess_array(study.array[i], f"{study.name}[{i}]") for i in idx])  # (T, 1, S, S)
-        with self._lock, torch.no_grad():
-            out = self.model(x[None].to(self.device))
+        with self._lock, torch.no_grad(), self.speed.run(x[None].to(self.device)) as xs:
+            out = self.model(xs)
         probs = out.probs.float().cpu().numpy()[0]
         pdict, label = self._named(probs)
         weights = out.maps["sequence_attention"][0].float().cpu().tolist()
@@ -346,11 +398,18 @@ class Predictor:
         p = np.array([[s.probs[c] for c in self.class_names] for s in slices])
         _, pg, _ = aggregate_probs(p, [0] * len(slices), how=aggregate)  # type: ignore[arg-type]
         pdict, label = self._named(pg[0])
+        flagged = [s for s in slices if s.details.get("warning")]
+        warning = None
+        if len(flagged) * 2 > len(slices):  # most slices unlike the training images
+            from chestdx.serve.ood import warning_text
+
+            worst = max(flagged, key=lambda s: len(s.details["input_check"]["outside"]))
+            warning = warning_text(worst.details["input_check"], len(slices), len(flagged))
         return ScanPrediction(source=study.name, probs=pdict, label=label, aggregation=aggregate,
-                              slice_indices=idx, slices=slices, meta=study.meta)
+                              slice_indices=idx, slices=slices, meta=study.meta, warning=warning)
 
     def predict(self, x: Any, heatmap: bool = True, aggregate: str = "mean",
-                max_slices: int | None = None) -> Prediction | ScanPrediction:
+                max_slices: int | None = None, series_uid: str | None = None) -> Prediction | ScanPrediction:
         """Answer one input.
 
         Args:
@@ -359,15 +418,18 @@ class Predictor:
             heatmap: compute the CAM heatmap(s).
             aggregate: how slice answers make the scan's (``mean``, ``majority``, ``max``).
             max_slices: answer at most this many evenly spaced slices of a scan.
+            series_uid: for a folder holding several DICOM series, the one to answer.
 
         Raises:
             DataError: unreadable input (names it).
         """
-        return self.predict_study(load_study(x, self.hu_window), heatmap, aggregate, max_slices)
+        return self.predict_study(load_study(x, self.hu_window, series_uid=series_uid), heatmap, aggregate,
+                                  max_slices)
 
     def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, heatmap: bool = False,
                       errors: list[tuple[str, str]] | None = None, aggregate: str = "mean",
-                      max_slices: int | None = None) -> Iterator[Prediction | ScanPrediction]:
+                      max_slices: int | None = None, series_uid: str | None = None
+                      ) -> Iterator[Prediction | ScanPrediction]:
         """Answer many inputs: 2D images in batches, scans one at a time. A bad input is recorded
         in ``errors`` as ``(path, problem)`` and skipped (raised when ``errors`` is None): any
         failure reading or answering one input, typed or not, never costs the others their answers.
@@ -389,7 +451,7 @@ class Predictor:
             try:
                 if is_volume_input(p) or self.recipe.task in ("volume", "sequence"):
                     yield from flush()
-                    study = load_study(p, self.hu_window, name=str(p))
+                    study = load_study(p, self.hu_window, name=str(p), series_uid=series_uid)
                     yield self.predict_study(study, heatmap, aggregate, max_slices, batch_size)
                     continue
                 buf.append((str(p), self.preprocess(p)))
@@ -406,7 +468,8 @@ class Predictor:
         yield from flush()
 
 
-def load_model(path: str | Path, procedure: str | None = None, device: str = "cpu") -> Predictor:
+def load_model(path: str | Path, procedure: str | None = None, device: str = "cpu",
+               speed: str | None = None) -> Predictor:
     """Load a bundle (``chestdx export``) or a run folder, ready to ``predict``.
 
     Example::
@@ -418,4 +481,4 @@ def load_model(path: str | Path, procedure: str | None = None, device: str = "cp
     Raises:
         BundleError / RunError: not a bundle or run, or a bundle from an incompatible chestdx.
     """
-    return Predictor(path, procedure=procedure, device=device)
+    return Predictor(path, procedure=procedure, device=device, speed=speed)
