@@ -683,17 +683,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChestdxError as e:
         print(f"chestdx {args.command}: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat())
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if args.command in ("train", "table", "demo") and not args.verbose:
-        # what training does (data layout and counts, device, one line per epoch) is always shown
+        # what training does (data layout and counts, device, one line per epoch) is always shown,
+        # for this command only (main() may run many times in one process: tests, notebooks)
         ours = logging.getLogger("chestdx")
-        if not ours.handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("chestdx: %(message)s"))
-            ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
-        ours.propagate = False
+        saved = ours.level
+        if ours.getEffectiveLevel() > logging.INFO:
+            ours.setLevel(logging.INFO)
+        try:
+            return _dispatch(args)
+        finally:
+            ours.setLevel(saved)
+    return _dispatch(args)
+
+
+class _LogFormat(logging.Formatter):
+    """``chestdx: message`` for chestdx's own progress lines, ``LEVEL logger: message`` otherwise."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.startswith("chestdx") and record.levelno == logging.INFO:
+            return f"chestdx: {record.getMessage()}"
+        return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand; a ChestdxError (also one wrapped by MONAI / Lightning) is one line, status 2."""
     if not args.verbose:
         import warnings
 

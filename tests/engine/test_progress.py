@@ -15,17 +15,12 @@ def test_describe_data_counts_per_split_and_class():
     assert describe_data(summary, ["s1", "s2"]) == "4 images from 2 sites (s1, s2): train 3 (a 2, b 1); test 1 (b 1)"
 
 
-def test_train_logs_layout_counts_device_and_every_epoch(phantom_slices, tmp_path, capsys):
+def test_train_logs_layout_counts_device_and_every_epoch(phantom_slices, tmp_path, capsys, caplog):
     sets = [x for o in [*TINY, "trainer.epochs=2", "trainer.speed=fp32"] for x in ("--set", o)]
-    try:
-        rc = main(["train", "demo", "--data", str(phantom_slices), "--out", str(tmp_path / "run"), "--no-progress",
-                   *sets])
-    finally:
-        ours = logging.getLogger("chestdx")
-        ours.handlers.clear()
-        ours.propagate = True
-        ours.setLevel(logging.NOTSET)
-    err = capsys.readouterr().err
+    rc = main(["train", "demo", "--data", str(phantom_slices), "--out", str(tmp_path / "run"), "--no-progress",
+               *sets])
+    assert logging.getLogger("chestdx").level == logging.NOTSET  # restored after the command
+    err = caplog.text + capsys.readouterr().err
     assert rc == 0
     assert "read as CSV manifest" in err
     assert "train " in err and "(normal" in err
