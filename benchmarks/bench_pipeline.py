@@ -1,0 +1,308 @@
+"""Execution modes end to end on this machine (issue 19): what each mode buys per model and phase,
+and what the chestdx pipeline keeps of it.
+
+One run prints three markdown tables:
+
+1. per model (ResNet-50 + MLP and EfficientNet-Lite0 + MLP at 224 px): training images/s at batch 16
+   and inference ms/image at batch 1 and 32, for fp32 / channels-last / channels-last + bf16 (and
+   bf16 with ``--all-modes``), as ratios against fp32 contiguous;
+2. per model in its fastest mode (and fp32): a raw training step on tensors in memory (forward, CE,
+   backward, SGD) against the chestdx training loop (a Lightning fit of :class:`ChestTask` on
+   in-memory phantom-like images, mode applied as ``chestdx train`` applies it), and a raw forward
+   against :func:`chestdx.engine.infer.predict_loader` (the evaluate / table / ensemble loop);
+3. CAM voting (k = 31, the ``full`` recipe's procedure) seconds per image against the forwards it
+   needs (the whole image at batch 1, 31 copies at batch 31), and ``Predictor.predict`` latency per
+   slice with its CAM heatmap (512 px input, preprocessing included).
+
+Every figure is the minimum over ``--iters`` timed calls, and the things compared in one row are
+timed in turns, so that a shared machine's changing load disturbs them alike. Nothing is asserted.
+On a busy shared CPU, OpenMP's spinning threads make 2-thread runs slower than 1-thread ones
+(ResNet-50 forward, batch 8, load average 4 on 2 cores: 207 ms/img with 2 threads, 106 with 1);
+``OMP_WAIT_POLICY=PASSIVE`` brought 2 threads back to 116 ms/img there. Defaults take a few minutes on 2 cores; ``--iters``, ``--loop-batches``,
+``--vote-images`` raise the counts, ``--models`` / ``--all-modes`` change what is measured.
+Run: ``python benchmarks/bench_pipeline.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+MODELS = {"resnet50": "resnet50", "lite0": "efficientnet_lite0"}
+
+
+def _recipe(backbone: str, size: int, batch: int, procedure: str = "plain") -> Any:
+    from chestdx.config import validate_recipe
+
+    params = {"k": 31, "theta": 0.2, "cell": 8} if procedure == "cam_voting" else {}
+    return validate_recipe({"name": f"bench-{backbone}", "data": {"image_size": size, "batch_size": batch},
+                            "model": {"name": "resnet_mlp", "backbone": backbone, "weights": "none",
+                                      "head_hidden": 512, "dropout": 0.2},
+                            "optim": {"name": "sgd", "lr": 1e-3}, "inference": {"name": procedure, "params": params},
+                            "trainer": {"speed": "fp32"}})
+
+
+def _model(backbone: str, size: int) -> Any:
+    from chestdx.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(_recipe(backbone, size, 16).model, num_classes=2, in_chans=1)
+
+
+def _images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phantom-like images: smooth noise, class 1 with a bright patch."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.randn(n, 1, size, size, generator=g), 5, 1, 2) * 2
+    y = torch.arange(n) % 2
+    for i in range(n):
+        if y[i]:
+            r, c = torch.randint(0, size - size // 6, (2,), generator=g).tolist()
+            x[i, 0, r:r + size // 6, c:c + size // 6] += 1.5
+    return x, y
+
+
+def _timed(fn: Any, iters: int, warmup: int = 1) -> float:
+    """Minimum seconds of ``fn()`` over ``iters`` calls after ``warmup``."""
+    return _interleaved({"fn": fn}, iters, warmup)["fn"]
+
+
+def _interleaved(fns: dict[str, Any], iters: int, warmup: int = 1) -> dict[str, float]:
+    """Minimum seconds of each ``fn()``, timed in turns (one call of each per round) so that a load
+    change on a shared machine slows all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+# ------------------------------------------------------------------------------------ raw model
+
+
+def raw_train_step(model: Any, mode: Any, batch: int, size: int) -> Any:
+    """A raw training step (forward, CE on the logits, backward, SGD) in ``mode``, on a copy of
+    ``model`` and tensors in memory; call it to run one step."""
+    from chestdx.engine.precision import apply_memory_format, autocast, to_mode_input
+
+    m = apply_memory_format(copy.deepcopy(model).train(), mode)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+    x, y = _images(batch, size)
+    x = to_mode_input(x, mode)
+
+    def step() -> None:
+        with autocast(mode):
+            loss = torch.nn.functional.cross_entropy(m(x).logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def raw_forward(model: Any, mode: Any, batch: int, size: int) -> Any:
+    """A raw forward (no_grad, eval) in ``mode`` on a copy of ``model``; call it to run one."""
+    from chestdx.engine.precision import running, to_mode_input
+
+    m = copy.deepcopy(model).eval()
+    x = _images(batch, size)[0]
+
+    def forward() -> None:
+        with running(m, mode), torch.no_grad():
+            m(to_mode_input(x, mode))
+
+    return forward
+
+
+def raw_train_ips(model: Any, mode: Any, batch: int, size: int, iters: int) -> float:
+    """Images/s of :func:`raw_train_step`."""
+    return batch / _timed(raw_train_step(model, mode, batch, size), iters)
+
+
+def raw_infer_ms(model: Any, mode: Any, batch: int, size: int, iters: int) -> float:
+    """Milliseconds per image of :func:`raw_forward`."""
+    return 1000 * _timed(raw_forward(model, mode, batch, size), iters) / batch
+
+
+# ---------------------------------------------------------------------------------- chestdx loops
+
+
+def loop_train_ips(backbone: str, mode: Any, batch: int, size: int, n_batches: int) -> float:
+    """Images/s of the chestdx training loop: ``L.Trainer.fit`` of :class:`ChestTask` on
+    ``n_batches + 1`` in-memory batches, precision and memory format from ``mode`` as
+    :func:`chestdx.engine.train.train` sets them; the fastest batch-to-batch interval counts (the
+    first batch, a warm-up, starts the clock)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from chestdx.engine.precision import lightning_precision
+    from chestdx.engine.task import ChestTask
+
+    recipe = _recipe(backbone, size, batch)
+    task = ChestTask(recipe, [batch, batch])
+    task.exec_mode = mode
+    x, y = _images(batch * (n_batches + 1), size)
+    items = [{"image": x[i], "label": y[i]} for i in range(len(y))]
+    ends: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            ends.append(time.perf_counter())
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, precision=lightning_precision(recipe, mode),
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        callbacks=[Clock()])
+    trainer.fit(task, DataLoader(items, batch_size=batch, shuffle=True))
+    # the fastest batch-to-batch interval (like the raw step's minimum: the least disturbed by
+    # other processes on a shared machine); it holds loading, the step, logging and Lightning
+    return batch / min(b - a for a, b in zip(ends, ends[1:], strict=False))
+
+
+def loop_infer(model: Any, mode: Any, batch: int, size: int) -> Any:
+    """:func:`predict_loader` (the evaluate / table / ensemble loop, plain procedure) over one
+    in-memory batch of dataset items; call it to run once."""
+    from torch.utils.data import DataLoader
+
+    from chestdx.engine.infer import predict_loader
+
+    m = copy.deepcopy(model)
+    x, y = _images(batch, size)
+    items = [{"image": x[i], "label": y[i], "site": torch.tensor(0), "index": torch.tensor(i)} for i in range(len(y))]
+    loader = DataLoader(items, batch_size=batch)
+    return lambda: predict_loader(m, loader, speed=mode)
+
+
+def voting(model: Any, mode: Any, size: int, n_images: int) -> Any:
+    """CAM voting (k = 31, theta 0.2, 8 px cells: the ``full`` recipe) as the ``cam_voting``
+    procedure runs it, on one batch of ``n_images``; call it to run once."""
+    from chestdx.engine.infer import run_procedure
+    from chestdx.engine.precision import running, to_mode_input
+
+    m = copy.deepcopy(model).eval()
+    x = _images(n_images, size, seed=3)[0]
+    params = {"k": 31, "theta": 0.2, "cell": 8}
+
+    def vote() -> None:
+        with running(m, mode):
+            run_procedure("cam_voting", params, m, to_mode_input(x, mode))
+
+    return vote
+
+
+def predict_call(model: Any, backbone: str, mode: Any, size: int) -> Any:
+    """``Predictor.predict`` of one 512 px slice with its CAM heatmap (an array in: preprocessing,
+    forward, CAM), plain procedure; call it to run once."""
+    from chestdx.serve.predictor import Predictor
+
+    pred = Predictor.from_model(_recipe(backbone, size, 16), copy.deepcopy(model), speed=mode.name)
+    g = np.random.default_rng(0)
+    img = (g.normal(0, 300, (512, 512)) - 600).astype(np.float32)
+    return lambda: pred.predict(img, heatmap=True)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _fmt_ratio(v: float, ref: float, higher_better: bool) -> str:
+    r = v / ref if higher_better else ref / v
+    return f"{v:.1f} ({r:.2f}x)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--infer-batch", type=int, default=32)
+    ap.add_argument("--iters", type=int, default=2, help="timed steps per measurement (minimum counts)")
+    ap.add_argument("--loop-batches", type=int, default=3, help="timed batches of the training / evaluate loops")
+    ap.add_argument("--vote-images", type=int, default=2, help="images of the CAM voting measurement")
+    ap.add_argument("--all-modes", action="store_true", help="also bf16 contiguous in table 1")
+    args = ap.parse_args(argv)
+
+    from chestdx.engine.precision import FP32, device_description, parse_speed, supported_computes
+
+    load = os.getloadavg()
+    bf16 = "bf16" in supported_computes("cpu")
+    names = ["fp32", "channels_last"] + (["bf16"] if bf16 and args.all_modes else []) + \
+        (["channels_last+bf16"] if bf16 else [])
+    modes = [parse_speed(n) for n in names]
+    print(f"# chestdx pipeline benchmark\n\n{device_description('cpu')}, torch {torch.__version__}, "
+          f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min); "
+          f"{args.size} px, iters {args.iters}\n", flush=True)
+    t_start = time.perf_counter()
+    rows1: list[str] = []
+    best_mode: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for key in args.models:
+        backbone = MODELS[key]
+        model = models[key] = _model(backbone, args.size)
+        b, n = args.train_batch, args.infer_batch
+        train = {k: b / v for k, v in _interleaved(
+            {m.name: raw_train_step(model, m, b, args.size) for m in modes}, args.iters).items()}
+        inf1 = {k: 1000 * v for k, v in _interleaved(
+            {m.name: raw_forward(model, m, 1, args.size) for m in modes}, max(args.iters, 3)).items()}
+        infn = {k: 1000 * v / n for k, v in _interleaved(
+            {m.name: raw_forward(model, m, n, args.size) for m in modes}, args.iters).items()}
+        best_mode[key] = {"train": parse_speed(max(train, key=train.__getitem__)),
+                          "infer": parse_speed(min(infn, key=infn.__getitem__))}
+        rows1.append(f"| {key} | train img/s, batch {args.train_batch} | "
+                     + " | ".join(_fmt_ratio(train[n], train["fp32"], True) for n in names) + " |")
+        rows1.append(f"| {key} | inference ms/img, batch 1 | "
+                     + " | ".join(_fmt_ratio(inf1[n], inf1["fp32"], False) for n in names) + " |")
+        rows1.append(f"| {key} | inference ms/img, batch {args.infer_batch} | "
+                     + " | ".join(_fmt_ratio(infn[n], infn["fp32"], False) for n in names) + " |")
+        print(f"(table 1, {key} done at {time.perf_counter() - t_start:.0f} s)", flush=True)
+    print("\n## 1. Modes against fp32 contiguous (ratio: speed-up)\n")
+    print("| model | measure | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names))
+    print("\n".join(rows1), flush=True)
+
+    print("\n## 2. Raw model against the chestdx loops\n")
+    print("| model | mode | raw train step img/s | chestdx training loop img/s | loop / raw "
+          f"| raw forward ms/img (b{args.infer_batch}) | evaluate loop ms/img | raw / loop |\n|---|---|---|---|---|---|---|---|")
+    for key in args.models:
+        model, backbone = models[key], MODELS[key]
+        for label, tm, im in [("fastest", best_mode[key]["train"], best_mode[key]["infer"]), ("fp32", FP32, FP32)]:
+            step = raw_train_step(model, tm, args.train_batch, args.size)
+            raw_t = _timed(step, args.iters)
+            loop_t = loop_train_ips(backbone, tm, args.train_batch, args.size, args.loop_batches)
+            raw_t = args.train_batch / min(raw_t, _timed(step, args.iters, warmup=0))  # before and after the loop
+            n = args.infer_batch
+            inf = _interleaved({"raw": raw_forward(model, im, n, args.size),
+                                "loop": loop_infer(model, im, n, args.size)}, args.iters)
+            raw_i, loop_i = 1000 * inf["raw"] / n, 1000 * inf["loop"] / n
+            mname = tm.name if tm == im else f"train {tm.name}, inference {im.name}"
+            print(f"| {key} | {mname} ({label}) | {raw_t:.1f} | {loop_t:.1f} | {loop_t / raw_t:.2f} | {raw_i:.1f} "
+                  f"| {loop_i:.1f} | {raw_i / loop_i:.2f} |", flush=True)
+
+    print("\n## 3. CAM voting (k = 31) and predict latency\n")
+    print("| model | mode | forward ms, b1 | forward ms/img, b31 | CAM voting s/img | voting / (b1 + 31 x b31 forwards) "
+          "| predict ms/slice with CAM heatmap |\n|---|---|---|---|---|---|---|")
+    for key in args.models:
+        model, backbone = models[key], MODELS[key]
+        for mode in dict.fromkeys([best_mode[key]["infer"], FP32]):
+            t = _interleaved({"vote": voting(model, mode, args.size, args.vote_images),
+                              "b1": raw_forward(model, mode, 1, args.size),
+                              "b31": raw_forward(model, mode, 31, args.size),
+                              "predict": predict_call(model, backbone, mode, args.size)}, args.iters)
+            vote, b31 = t["vote"] / args.vote_images, t["b31"] / 31
+            print(f"| {key} | {mode.name} | {1000 * t['b1']:.1f} | {1000 * b31:.1f} | {vote:.2f} "
+                  f"| {vote / (t['b1'] + 31 * b31):.2f} | {1000 * t['predict']:.1f} |", flush=True)
+    end = os.getloadavg()
+    print(f"\nwall {time.perf_counter() - t_start:.0f} s; load average at end {end[0]:.2f} / {end[1]:.2f} / "
+          f"{end[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
