@@ -136,6 +136,26 @@ def _local_places(fname: str) -> list[Path]:
     return places
 
 
+def find_timm_weights(arch: str, otherwise: str = "or train from scratch with weights none.") -> Path:
+    """The local file of timm ``arch``'s ImageNet weights (``<arch>.pth`` in ``$CHESTDX_WEIGHTS_DIR``
+    or the torch hub cache); chestdx never downloads.
+
+    Raises:
+        WeightsNotFoundError: no such file; the message says how to make it, where to put it and
+            ``otherwise`` what else to do.
+    """
+    fname = f"{arch}.pth"
+    places = _local_places(fname)
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        raise WeightsNotFoundError(
+            f"ImageNet weights for timm '{arch}' not found and chestdx never downloads at run time.\n"
+            f"Save timm.create_model('{arch}', pretrained=True).state_dict() with torch.save as "
+            f"{fname} on a machine with network access and put it into one of:\n"
+            + "\n".join(f"  {p.parent}/" for p in places) + f"\n{otherwise}")
+    return found
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -478,16 +498,7 @@ def load_timm_weights(backbone: TimmBackbone, weights: str) -> None:
             state = packaged_imagenet_state(name)
             origin = f"{_PACKAGED[arch][0]} ({_PACKAGED[arch][3]})"
         else:
-            fname = f"{arch}.pth"
-            places = _local_places(fname)
-            found = next((p for p in places if p.is_file()), None)
-            if found is None:
-                raise WeightsNotFoundError(
-                    f"ImageNet weights for timm '{arch}' not found and chestdx never downloads at run time.\n"
-                    f"Save timm.create_model('{arch}', pretrained=True).state_dict() with torch.save as "
-                    f"{fname} on a machine with network access and put it into one of:\n"
-                    + "\n".join(f"  {p.parent}/" for p in places)
-                    + f"\nor use {packaged_backbones()} ({INSTALL_WEIGHTS}), or --weights none.")
+            found = find_timm_weights(arch, f"or use {packaged_backbones()} ({INSTALL_WEIGHTS}), or --weights none.")
             state, origin = _load_state(found), str(found)
     else:
         path = Path(weights)

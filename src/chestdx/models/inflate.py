@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -235,25 +234,12 @@ def inflated_backbone_names() -> list[str]:
 
 def _timm_weights(net: nn.Module, name: str, weights: str, in_chans: int) -> None:
     """Load local ImageNet (or other) weights into a timm network (never downloads)."""
-    from chestdx.models.backbones import _load_state, adapt_first_conv
+    from chestdx.models.backbones import _load_state, adapt_first_conv, find_timm_weights
 
     if weights in ("none", "", None):
         return
     if weights == "imagenet":
-        fname = f"{name}.pth"
-        places = []
-        if os.environ.get("CHESTDX_WEIGHTS_DIR"):
-            places.append(Path(os.environ["CHESTDX_WEIGHTS_DIR"]) / fname)
-        places.append(Path(torch.hub.get_dir()) / "checkpoints" / fname)
-        found = next((p for p in places if p.is_file()), None)
-        if found is None:
-            raise WeightsNotFoundError(
-                f"ImageNet weights for timm '{name}' not found and chestdx never downloads at run time.\n"
-                f"Save timm.create_model('{name}', pretrained=True).state_dict() with torch.save as "
-                f"{fname} on a machine with network access and put it into one of:\n"
-                + "\n".join(f"  {p.parent}/" for p in places) + "\nor train from scratch with weights none."
-            )
-        path = found
+        path = find_timm_weights(name)
     else:
         path = Path(weights)
         if not path.is_file():
