@@ -70,7 +70,9 @@ from chestdx.data.readers import (
     _tag_numbers,
     _tag_str,
     apply_hu_window,
+    looks_like_dicom,
     read_image,
+    sniff_head,
 )
 from chestdx.errors import DataError
 
@@ -378,17 +380,23 @@ def _unzip(path: Path, dest: Path, max_bytes: int, max_members: int = MAX_ZIP_ME
                     safe = safe[:60] + safe[-60:]  # keep the suffix (.dcm, .nii.gz) for sniffing
                 target = root / f"{i:06d}_{safe}"
                 size = 0
-                with zf.open(m) as src, open(target, "wb") as dst:
-                    while True:
-                        chunk = src.read(_CHUNK)
-                        if not chunk:
-                            break
-                        size += len(chunk)
-                        written += len(chunk)
-                        if size > min(m.file_size, max_member_bytes) or written > max_bytes:
-                            raise DataError(path, f"zip member {m.filename!r} unpacks to more than its header "
-                                            f"declares ({m.file_size:,} bytes) or the limit")
-                        dst.write(chunk)
+                with zf.open(m) as src:
+                    chunk = src.read(_CHUNK)
+                    if chunk and not looks_like_dicom(chunk[:1024]) and sniff_head(chunk[:1024]) is None:
+                        # neither DICOM nor a kind chestdx reads: only its first chunk is unpacked (the
+                        # folder reader then lists it as skipped, with its reason), never the rest
+                        target.write_bytes(chunk)
+                        out.append((target, name.name))
+                        continue
+                    with open(target, "wb") as dst:
+                        while chunk:
+                            size += len(chunk)
+                            written += len(chunk)
+                            if size > min(m.file_size, max_member_bytes) or written > max_bytes:
+                                raise DataError(path, f"zip member {m.filename!r} unpacks to more than its "
+                                                f"header declares ({m.file_size:,} bytes) or the limit")
+                            dst.write(chunk)
+                            chunk = src.read(_CHUNK)
                 out.append((target, name.name))
             return out
     except DataError:

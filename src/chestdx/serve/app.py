@@ -14,7 +14,7 @@ Errors: 413 for uploads over the limit (enforced while the body streams: nothing
 read or spooled), 415 for content that is no supported kind, 400 for a file of a supported kind that
 cannot be read (corrupt, wrong shape, NaN, too many pixels), 408 for a client that sends its body too
 slowly or a file that takes longer than ``decode_timeout_s`` to decode, 422 for a missing field or an
-input the model cannot answer, 503 while too many uploads are already being decoded. No input ends
+input the model cannot answer, 503 when an upload waits too long for a place among those being decoded. No input ends
 in a 500. Uploads live in memory and, while being read, in a private temporary folder removed before
 the response.
 
@@ -257,7 +257,8 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
             the file's header before decoding; default the readers' limits).
         max_unzipped_mb: most bytes a zip upload may unpack to.
         decode_workers: threads that decode uploads (apart from the model's worker thread).
-        max_pending_decodes: uploads decoding or waiting to; more are answered 503.
+        max_pending_decodes: uploads decoding at once (queued for ``decode_workers`` threads); more
+            wait for a place, and one that waits over ``decode_timeout_s`` is answered 503.
         decode_timeout_s: an upload that takes longer to decode is answered 408.
         body_timeout_s: longest wait for the next chunk of a body (408 after it).
     """
@@ -266,7 +267,7 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
     limit = int(max_upload_mb * 1024 * 1024)
     batcher = Batcher(predictor, max_batch=max_batch, wait_ms=batch_wait_ms)
     decoder = ThreadPoolExecutor(max_workers=max(1, decode_workers), thread_name_prefix="chestdx-decode")
-    pending = threading.BoundedSemaphore(max(1, max_pending_decodes))
+    pending = asyncio.Semaphore(max(1, max_pending_decodes))  # uploads decoding or queued for a thread
     read_limits: dict[str, Any] = {}
     if max_pixels is not None:
         read_limits["max_pixels"] = int(max_pixels)
@@ -316,20 +317,21 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
         return b"".join(chunks)
 
     def decode(data: bytes, name: str) -> Any:
-        try:
-            return study_from_bytes(data, name, predictor.hu_window, **read_limits)
-        finally:
-            pending.release()
+        return study_from_bytes(data, name, predictor.hu_window, **read_limits)
 
     async def decode_upload(data: bytes, name: str) -> Any:
-        if not pending.acquire(blocking=False):
-            raise HTTPException(503, "too many uploads are being read right now; try again in a moment")
+        try:  # wait for a place among the uploads being decoded; a long queue is answered 503
+            await asyncio.wait_for(pending.acquire(), decode_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"more than {max_pending_decodes} uploads are being read; none finished "
+                                     f"within {decode_timeout_s:g} s; try again in a moment") from None
         loop = asyncio.get_running_loop()
         try:
             fut = loop.run_in_executor(decoder, decode, data, name)
         except RuntimeError:  # the pool is shutting down
             pending.release()
             raise HTTPException(503, "the service is shutting down") from None
+        fut.add_done_callback(lambda _f: pending.release())  # when the decode really ends, timed out or not
         try:
             return await asyncio.wait_for(asyncio.shield(fut), decode_timeout_s)
         except asyncio.TimeoutError:  # the thread finishes on its own, bounded by the pixel caps
