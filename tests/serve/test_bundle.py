@@ -62,3 +62,22 @@ def test_export_refuses_to_overwrite(tiny_run, bundle):
     with pytest.raises(BundleError, match="already exists"):
         export_bundle(tiny_run, bundle)
     assert np.isfinite(json.loads((bundle / "bundle.json").read_text())["format"])
+
+
+def test_card_describes_the_trained_model_and_an_evaluation_written_elsewhere(tiny_run, tmp_path):
+    """Issue 18: the card names the network actually trained (not only the recipe's words) and carries
+    the test metrics of an evaluation written with ``evaluate --out`` somewhere else (as the demo does)."""
+    import shutil
+
+    from chestdx.evaluate.run import evaluate_run
+    from chestdx.serve.bundle import export_bundle
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval-test", ignore_errors=True)
+    (run / "evaluations.json").unlink(missing_ok=True)
+    res = evaluate_run(run, split="test", out=tmp_path / "elsewhere", n_boot=20)
+    card = (export_bundle(run, tmp_path / "b") / "card.md").read_text()
+    assert "Not evaluated before export" not in card
+    assert f"accuracy {100 * res['overall']['accuracy']['value']:.1f}%" in card
+    assert "As trained: resnet_mlp on resnet18, 32 px input" in card
