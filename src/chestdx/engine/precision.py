@@ -233,7 +233,7 @@ def _device(device: Any) -> torch.device:
 def _cpuinfo() -> tuple[str, frozenset[str]]:
     """``(model name, flags)`` from ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``); empty where
     it is not readable."""
-    name, flags = "", frozenset()
+    name, flags = "", frozenset[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -248,7 +248,7 @@ class Predictor:
                 from chestdx.explain.heatmap import heatmap_grid
 
                 det["heatmap_kind"] = kind
-                grid = heatmap_grid(self.model, kind, tuple(images.shape[-2:]))
+                grid = heatmap_grid(self.model, kind, (int(images.shape[-2]), int(images.shape[-1])))
                 if grid is not None:
                     det["heatmap_grid"] = list(grid)  # the map's own grid before upsampling
             det.update(self._input_check(images[i, 0]))
