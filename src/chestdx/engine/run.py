@@ -76,6 +76,37 @@ def save_run_start(out: Path, recipe: Recipe, samples: Sequence[Any], sources: S
     })
 
 
+#: Run-folder file: split -> the ``metrics.json`` of the run's latest evaluation on its own split
+#: (``chestdx evaluate`` writes ``RUN/eval-SPLIT`` by default, anywhere with ``--out``).
+EVALUATIONS = "evaluations.json"
+
+
+def record_evaluation(run_path: Path, split: str, metrics: Path) -> None:
+    """Remember in ``RUN/evaluations.json`` that ``metrics`` holds the latest evaluation on ``split``."""
+    f = run_path / EVALUATIONS
+    try:
+        known = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    known[split] = str(metrics.resolve())
+    write_json(f, known)
+
+
+def latest_evaluation(run_path: Path, split: str = "test") -> Path | None:
+    """The ``metrics.json`` of the run's latest evaluation on its own ``split``: the one
+    ``evaluations.json`` records, else ``RUN/eval-SPLIT/metrics.json`` (runs evaluated before the
+    record existed), else None."""
+    try:
+        where = json.loads((run_path / EVALUATIONS).read_text()).get(split)
+        if where and Path(where).is_file():
+            return Path(where)
+    except (OSError, ValueError, AttributeError):
+        pass
+    default = run_path / f"eval-{split}" / "metrics.json"
+    return default if default.is_file() else None
+
+
 class Run:
     """A trained run, loaded from its folder.
 

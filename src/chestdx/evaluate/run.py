@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from chestdx.data.datasets import SliceDataset
 from chestdx.engine.infer import predict_loader
-from chestdx.engine.run import Run
+from chestdx.engine.run import Run, record_evaluation
 from chestdx.errors import DatasetError
 from chestdx.utils import atomic_open, write_json, write_text
 
@@ -116,23 +116,6 @@ def metrics_report_markdown(result: dict[str, Any], title: str) -> str:
 
         parts.append(lesion_markdown(result, title))
     return "\n\n".join(parts) + "\n"
-
-
-#: Run-folder file: split -> the ``metrics.json`` of the run's latest evaluation on its own split.
-EVALUATIONS = "evaluations.json"
-
-
-def _record_evaluation(run_path: Path, split: str, metrics: Path) -> None:
-    import json
-
-    f = run_path / EVALUATIONS
-    try:
-        known = json.loads(f.read_text()) if f.is_file() else {}
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
-    known[split] = str(metrics.resolve())
-    write_json(f, known)
 
 
 def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = None, split: str = "test",
@@ -278,7 +261,7 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         result["flipped"] = int(preds["flipped"].sum())
     write_json(out / "metrics.json", result)
     if not sources:  # the run's own split: remember where, so that export finds it (model card)
-        _record_evaluation(run.path, split, out / "metrics.json")
+        record_evaluation(run.path, split, out / "metrics.json")
     write_text(out / "metrics.md", metrics_report_markdown(result, f"{recipe.name} on {split}"))
     _write_predictions(out / "predictions.csv", chosen, preds, class_names)
     plot_confusion_matrix(np.asarray(result["overall"]["confusion_matrix"]), class_names,

@@ -87,18 +87,12 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def _metrics_summary(run_path: Path) -> dict[str, Any] | None:
-    """The test metrics of the run's latest evaluation on its own test split (``RUN/eval-test`` or
-    wherever ``evaluations.json`` says ``chestdx evaluate --out`` wrote them), or None."""
-    f = run_path / "eval-test" / "metrics.json"
-    rec = run_path / "evaluations.json"
-    if rec.is_file():
-        try:
-            where = json.loads(rec.read_text()).get("test")
-            if where and Path(where).is_file() and (not f.is_file() or Path(where).stat().st_mtime > f.stat().st_mtime):
-                f = Path(where)
-        except (OSError, ValueError, AttributeError):
-            pass
-    if not f.is_file():
+    """The test metrics of the run's latest evaluation on its own test split
+    (:func:`chestdx.engine.run.latest_evaluation`), or None."""
+    from chestdx.engine.run import latest_evaluation
+
+    f = latest_evaluation(run_path, "test")
+    if f is None:
         return None
     try:
         res = json.loads(f.read_text())
