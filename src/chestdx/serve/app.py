@@ -180,16 +180,17 @@ class LimitBody:
     def __init__(self, app: Any, limit: int, chunk_timeout_s: float = 30.0):
         self.app = app
         self.limit = limit
+        self.body_limit = limit + 64 * 1024  # the file's bytes plus the multipart framing around them
         self.chunk_timeout_s = chunk_timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        mb = self.limit / (1024 * 1024)
+        too_large = f"upload larger than the limit of {self.limit / (1024 * 1024):g} MB"
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit + 64 * 1024:  # multipart framing on top
-            await _plain_error(send, 413, f"upload larger than the limit of {mb:g} MB")
+        if declared.isdigit() and int(declared) > self.body_limit:
+            await _plain_error(send, 413, too_large)
             return
         seen = 0
         body_done = False
@@ -207,9 +208,9 @@ class LimitBody:
                                        "uploading; request closed") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit + 64 * 1024:
+                if seen > self.body_limit:
                     cut = True
-                    raise BodyTooLarge(413, f"upload larger than the limit of {mb:g} MB")
+                    raise BodyTooLarge(413, too_large)
                 body_done = not message.get("more_body", False)
             return message
 
