@@ -379,13 +379,18 @@ def _pil_cases(rng: np.random.Generator) -> list[Case]:
     for name, data in _pil_seeds(rng).items():
         cases.append(Case("pil", f"seed_{name}", data, must_read=True))
         stem, suffix = name.rsplit(".", 1)
-        for i, b in enumerate(_truncations(data, rng, 6)):
-            cases.append(Case("pil", f"{stem}_cut{i}.{suffix}", b))
-        for i, b in enumerate(_bitflips(data, rng, 10, head=128)):
-            cases.append(Case("pil", f"{stem}_flip{i}.{suffix}", b))
-        for i, b in enumerate(_overwrites(data, rng, 2)):
-            cases.append(Case("pil", f"{stem}_junk{i}.{suffix}", b))
+        cases += _mutated("pil", stem, f".{suffix}", data, rng, flips=10, head=128)
     return cases
+
+
+def _mutated(category: str, stem: str, suffix: str, data: bytes, rng: np.random.Generator, *, flips: int,
+             head: int) -> list[Case]:
+    """6 truncations, ``flips`` bit flips (half inside the first ``head`` bytes) and 2 overwrites of
+    ``data``, named ``<stem>_cut<i><suffix>``, ``_flip<i>``, ``_junk<i>``."""
+    return ([Case(category, f"{stem}_cut{i}{suffix}", b) for i, b in enumerate(_truncations(data, rng, 6))]
+            + [Case(category, f"{stem}_flip{i}{suffix}", b)
+               for i, b in enumerate(_bitflips(data, rng, flips, head=head))]
+            + [Case(category, f"{stem}_junk{i}{suffix}", b) for i, b in enumerate(_overwrites(data, rng, 2))])
 
 
 def _dicom_cases(rng: np.random.Generator) -> list[Case]:
@@ -394,13 +399,7 @@ def _dicom_cases(rng: np.random.Generator) -> list[Case]:
     for name, ds in seeds.items():
         data = _ds_bytes(ds)
         cases.append(Case("dicom", f"seed_{name}", data, must_read=True))
-        stem = name.rsplit(".", 1)[0]
-        for i, b in enumerate(_truncations(data, rng, 6)):
-            cases.append(Case("dicom", f"{stem}_cut{i}.dcm", b))
-        for i, b in enumerate(_bitflips(data, rng, 14, head=600)):
-            cases.append(Case("dicom", f"{stem}_flip{i}.dcm", b))
-        for i, b in enumerate(_overwrites(data, rng, 2)):
-            cases.append(Case("dicom", f"{stem}_junk{i}.dcm", b))
+        cases += _mutated("dicom", name.rsplit(".", 1)[0], ".dcm", data, rng, flips=14, head=600)
     # no preamble, no suffix: sniffed from its first tag
     cases.append(Case("dicom", "seed_raw_nosuffix", _ds_bytes(seeds["ct_u16.dcm"], preamble=False), must_read=True))
     # compressed transfer syntaxes holding junk: the decoders' ValueError / RuntimeError
