@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from chestdx.config import Recipe
 from chestdx.data.lesions import SegmentationDataset, collate_segmentation, load_segmentation_sources
 from chestdx.engine.datamodule import ChestDataModule, _seed_worker
-from chestdx.engine.task import ChestTask, _auc
+from chestdx.engine.task import ChestTask
+from chestdx.engine.val_metrics import WeightedMean
 from chestdx.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,10 @@ class LesionTask(ChestTask):
         if self.mixer is not None:
             raise ConfigError("task 'lesion' takes no mixing")
         self.automatic_optimization = False
-        self._val: dict[str, list[Tensor]] = {"cls": [], "seg": [], "n_cls": [], "n_seg": []}
+        # Eq. 7 on the classification and L_SEG on the segmentation validation images, weighted by
+        # batch size, gathered from every DDP rank in compute()
+        self.val_cls_loss = WeightedMean()
+        self.val_seg_loss = WeightedMean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # type: ignore[override]
         opt: Any = self.optimizers()
@@ -196,34 +200,32 @@ class LesionTask(ChestTask):
             sched.step()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:  # type: ignore[override]
+        """Loader 0 (classification ``image (B, C, H, W)``, ``label (B,)``): Eq. 7 loss, accuracy and
+        AUC; loader 1 (segmentation ``images``, ``targets``): ``L_SEG``."""
         model: Any = self.model
         if dataloader_idx == 0:
             out = model(batch["image"])
-            self._val_probs.append(out.probs.detach().cpu())
-            self._val_labels.append(batch["label"].detach().cpu())
+            self.val_metrics.update(out.probs.detach(), batch["label"])
             target = F.one_hot(batch["label"], self.recipe.data.num_classes).float()
-            n = batch["image"].shape[0]
             loss = F.binary_cross_entropy_with_logits(out.logits.float(), target, reduction="none").sum(1).mean()
-            self._val["cls"].append(loss.detach().cpu() * n)
-            self._val["n_cls"].append(torch.tensor(float(n)))
+            self.val_cls_loss.update(loss, batch["image"].shape[0])
         else:
             terms = model.segmentation_losses(batch["images"], batch["targets"])
-            n = batch["images"].shape[0]
-            self._val["seg"].append(sum(terms.values()).detach().cpu() * n)
-            self._val["n_seg"].append(torch.tensor(float(n)))
+            self.val_seg_loss.update(sum(terms.values()), batch["images"].shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        v = self._val
-        cls_loss = torch.stack(v["cls"]).sum() / torch.stack(v["n_cls"]).sum() if v["cls"] else torch.tensor(0.0)
-        seg_loss = torch.stack(v["seg"]).sum() / torch.stack(v["n_seg"]).sum() if v["seg"] else torch.tensor(0.0)
-        for key in v:
-            v[key].clear()
-        self.log("val_cls_loss", cls_loss)
-        self.log("val_seg_loss", seg_loss)
-        self.log("val_loss", cls_loss + seg_loss, prog_bar=True)
-        if self._val_probs:
-            probs, labels = torch.cat(self._val_probs), torch.cat(self._val_labels)
-            self._val_probs.clear()
-            self._val_labels.clear()
-            self.log("val_acc", (probs.argmax(1) == labels).float().mean(), prog_bar=True)
-            self.log("val_auc", _auc(probs, labels, self.recipe.data.num_classes))
+        """Log ``val_cls_loss``, ``val_seg_loss`` (0 without segmentation validation images),
+        ``val_loss = val_cls_loss + val_seg_loss`` (L_Total), ``val_acc`` and ``val_auc``.
+
+        The losses are computed here (gathered from every DDP rank, so equal on every rank) and
+        reset; they are logged with ``sync_dist=True``, the mean of equal numbers.
+        """
+        parts = []
+        for metric in (self.val_cls_loss, self.val_seg_loss):
+            parts.append(metric.compute() if metric.update_called else torch.tensor(0.0, device=self.device))
+            metric.reset()
+        cls_loss, seg_loss = parts
+        self.log("val_cls_loss", cls_loss, sync_dist=True)
+        self.log("val_seg_loss", seg_loss, sync_dist=True)
+        self.log("val_loss", cls_loss + seg_loss, prog_bar=True, sync_dist=True)
+        self.log_validation_scores()

@@ -4,7 +4,8 @@ The recipe chooses the parts (model, objectives, mixing, optimiser); this module
 
     batch -> [mixer] -> model -> ModelOutput -> sum_i w_i * objective_i -> loss
 
-Validation computes plain cross-entropy, accuracy and AUC on the unmixed validation images.
+Validation computes plain cross-entropy, accuracy and AUC on the unmixed validation images
+(torchmetrics module metrics, correct under DDP: :mod:`chestdx.engine.val_metrics`).
 
 The execution mode (:mod:`chestdx.engine.precision`, recipe ``trainer.speed``) is set on
 :attr:`ChestTask.exec_mode` by :func:`chestdx.engine.train.train`: its precision goes to Lightning
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from chestdx.config import Recipe
 from chestdx.engine.precision import FP32, ExecMode, set_memory_format
+from chestdx.engine.val_metrics import validation_metrics
 from chestdx.mixing import build_mixer
 from chestdx.models import ChestModel, ModelOutput, build_model
 from chestdx.objectives import build_objective
@@ -67,8 +69,9 @@ class ChestTask(L.LightningModule):
                 materialize(self.model)
         self.mixer = (build_mixer(recipe.mixing.name, recipe.mixing.prob, recipe.mixing.params, k)
                       if recipe.mixing else None)
-        self._val_probs: list[Tensor] = []
-        self._val_labels: list[Tensor] = []
+        # module metrics (states gathered from every DDP rank in compute()); built last, they draw
+        # no random number and hold no parameter or persistent buffer (checkpoints are unchanged)
+        self.val_metrics = validation_metrics(k)
         self.exec_mode: ExecMode = FP32
         """The execution mode of training (its memory format is applied here, its precision by Lightning)."""
 
@@ -128,23 +131,27 @@ class ChestTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Update ``val_acc`` / ``val_auc`` with ``probs (B, K)`` and ``label (B,)``; log ``val_loss``
+        (mean cross-entropy, weighted by batch size and reduced over DDP ranks: ``sync_dist``)."""
         out = self.model(batch["image"])
-        self._val_probs.append(out.probs.detach().cpu())
-        self._val_labels.append(batch["label"].detach().cpu())
+        self.val_metrics.update(out.probs.detach(), batch["label"])
         loss = F.cross_entropy(out.logits.float(), batch["label"])
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True,
-                 batch_size=batch["image"].shape[0])
+                 batch_size=batch["image"].shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_probs:
+        self.log_validation_scores()
+
+    def log_validation_scores(self) -> None:
+        """Log ``val_acc`` and ``val_auc`` of the epoch (nothing when no batch was validated).
+
+        The metric objects themselves are logged: Lightning calls their ``compute()`` (which
+        gathers the states of every DDP rank) at the end of the epoch and resets them.
+        """
+        if not self.val_metrics["val_acc"].update_called:
             return
-        probs = torch.cat(self._val_probs)
-        labels = torch.cat(self._val_labels)
-        self._val_probs.clear()
-        self._val_labels.clear()
-        acc = (probs.argmax(1) == labels).float().mean()
-        self.log("val_acc", acc, prog_bar=True)
-        self.log("val_auc", _auc(probs, labels, self.recipe.data.num_classes))
+        self.log("val_acc", self.val_metrics["val_acc"], prog_bar=True)
+        self.log("val_auc", self.val_metrics["val_auc"])
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters as optimiser groups: one at ``optim.lr``, or, with
@@ -195,13 +202,3 @@ class ChestTask(L.LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
-
-def _auc(probs: Tensor, labels: Tensor, k: int) -> Tensor:
-    """Macro one-vs-rest AUROC; NaN when a class is missing from the labels."""
-    from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
-
-    if len(torch.unique(labels)) < 2:
-        return torch.tensor(float("nan"))
-    if k == 2:
-        return binary_auroc(probs[:, 1], labels)
-    return multiclass_auroc(probs, labels, num_classes=k, average="macro")

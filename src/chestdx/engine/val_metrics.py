@@ -1,0 +1,111 @@
+"""Validation metrics as torchmetrics *module* metrics: their states are synced across DDP ranks.
+
+Every rank of a ``--strategy ddp`` run scores only its shard of the validation set; a module
+metric accumulates states on each rank (sums for accuracy, the concatenated scores and labels for
+AUROC, the concatenated weighted losses for :class:`WeightedMean`) and its ``compute()`` gathers
+them from every rank before scoring, so each rank logs the figure of the *whole* validation set.
+``dist_sync_on_step`` stays False (nothing is synced per batch, only once in ``compute()``).
+
+The values are those the engine logged before these metrics existed, to the last bit on one
+process (they pick the best checkpoint, ``trainer.monitor: val_auc``):
+
+- ``val_acc``: ``mean(argmax(probs) == labels)`` (``MulticlassAccuracy(average="micro")``:
+  correct / total, first maximum on ties);
+- ``val_auc``: ``binary_auroc(probs[:, 1], labels)`` for two classes, else
+  ``multiclass_auroc(probs, labels, average="macro")``, and **NaN when fewer than two classes
+  occur among the validation labels** (an AUC is undefined then; torchmetrics would warn and
+  return 0 or 0.5, which would look like a real score to the checkpoint monitor).
+
+The figures ``chestdx evaluate`` reports (bootstrap intervals, per class, macro F1) come from
+:mod:`chestdx.evaluate.metrics`; this module only scores validation during training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
+from torchmetrics.utilities import dim_zero_cat
+
+__all__ = ["WeightedMean", "validation_auroc", "validation_metrics"]
+
+
+def _nan_if_one_class(target: Any) -> Tensor | None:
+    """NaN (on the labels' device) when fewer than two classes occur in ``target``, else None."""
+    if isinstance(target, list) and not target:
+        return torch.tensor(float("nan"))
+    labels = dim_zero_cat(target) if isinstance(target, list) else target
+    if len(torch.unique(labels)) < 2:
+        return torch.tensor(float("nan"), device=labels.device)
+    return None
+
+
+class _BinaryValAUROC(BinaryAUROC):
+    """ROC AUC of class 1 from ``probs (B, 2)``; NaN when one class is missing from the labels."""
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(preds[:, 1], target)
+
+    def compute(self) -> Tensor:
+        nan = _nan_if_one_class(self.target)
+        return super().compute() if nan is None else nan
+
+
+class _MulticlassValAUROC(MulticlassAUROC):
+    """Macro one-vs-rest ROC AUC from ``probs (B, K)``; NaN when fewer than two classes occur."""
+
+    def compute(self) -> Tensor:
+        nan = _nan_if_one_class(self.target)
+        return super().compute() if nan is None else nan
+
+
+def validation_auroc(num_classes: int) -> Metric:
+    """The validation AUROC metric: ``update(probs (B, K), labels (B,))``, ``compute() -> ()``.
+
+    Binary (``K == 2``): ROC AUC of class 1; ``K > 2``: macro one-vs-rest AUROC. NaN when fewer
+    than two classes occur among the labels of every rank (see the module docstring).
+    """
+    if num_classes == 2:
+        return _BinaryValAUROC()
+    return _MulticlassValAUROC(num_classes=num_classes, average="macro")
+
+
+def validation_metrics(num_classes: int) -> MetricCollection:
+    """``{"val_acc", "val_auc"}``, each updated with ``(probs (B, K), labels (B,) int64)``.
+
+    Builds no parameter and draws no random number (safe to build after the model).
+    """
+    return MetricCollection(
+        {"val_acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
+         "val_auc": validation_auroc(num_classes)},
+        compute_groups=False,
+    )
+
+
+class WeightedMean(Metric):
+    """Mean of per-batch mean values weighted by batch size: ``sum(v_i * n_i) / sum(n_i)``.
+
+    ``update(value, n)``: ``value`` a scalar tensor (the batch's mean loss), ``n`` the batch's
+    number of items. ``compute()``: the weighted mean over every update of every rank (the
+    products and counts are concatenated across ranks, then summed, so one process gives the
+    same bits as summing the stacked per-batch products); 0 when nothing was updated.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.add_state("weighted", default=[], dist_reduce_fx="cat")
+        self.add_state("counts", default=[], dist_reduce_fx="cat")
+
+    def update(self, value: Tensor, n: int) -> None:  # type: ignore[override]
+        self.weighted.append(value.detach().reshape(()) * n)  # type: ignore[union-attr]
+        self.counts.append(torch.tensor(float(n), device=value.device))  # type: ignore[union-attr]
+
+    def compute(self) -> Tensor:
+        if isinstance(self.weighted, list) and not self.weighted:  # after a sync: one tensor
+            return torch.tensor(0.0)
+        return dim_zero_cat(self.weighted).sum() / dim_zero_cat(self.counts).sum()
