@@ -14,10 +14,16 @@ process (they pick the best checkpoint, ``trainer.monitor: val_auc``):
 - ``val_auc``: ``binary_auroc(probs[:, 1], labels)`` for two classes, else
   ``multiclass_auroc(probs, labels, average="macro")``, and **NaN when fewer than two classes
   occur among the validation labels** (an AUC is undefined then; torchmetrics would warn and
-  return 0 or 0.5, which would look like a real score to the checkpoint monitor).
+  return 0 or 0.5, which would look like a real score to the checkpoint monitor). With ``K > 2``
+  and a class missing from the labels while two or more occur, torchmetrics scores the missing
+  class's AUC as 0 inside the macro mean (with a "No positive samples" warning); that is kept as
+  it was, so the same epoch is picked as best. ``chestdx evaluate``'s ``macro_auc`` leaves such a
+  class out instead (NaN, :mod:`chestdx.evaluate.metrics`); with every class present the two agree.
 
 The figures ``chestdx evaluate`` reports (bootstrap intervals, per class, macro F1) come from
-:mod:`chestdx.evaluate.metrics`; this module only scores validation during training.
+:mod:`chestdx.evaluate.metrics`, whose point values are checked against ``torchmetrics.functional``
+(the same code as these module metrics): accuracy is the same figure, and so is the AUC whenever
+every class occurs in the labels (tests/evaluate/test_one_metric.py).
 """
 
 from __future__ import annotations

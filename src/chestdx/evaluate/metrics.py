@@ -189,7 +189,9 @@ def confusion_statistics(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Every label-based figure from confusion matrices: the one implementation chestdx scores with.
 
     ``classification_metrics`` (evaluate, ensemble, table, compare), the lesion task's
-    ``class_metrics`` and the voting sweep all come through here, so they cannot disagree.
+    ``class_metrics`` and the voting sweep (``accuracy_f1``) all come through here, so they cannot
+    disagree; validation during training scores accuracy with torchmetrics, the reference these
+    figures are checked against (:mod:`chestdx.engine.val_metrics`).
 
     Rules (module docstring): a zero division gives 0; the macro average leaves out a class with
     ``tp + fp + fn == 0`` (absent from both the labels and the predictions). For y = [0, 0, 1, 1, 0, 1],

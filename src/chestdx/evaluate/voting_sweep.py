@@ -27,9 +27,14 @@ from chestdx.explain.voting import binary_votes, cam_voting
 from chestdx.utils import atomic_open
 
 
-def _acc_f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """Accuracy and the positive class's F1 of binary labels ``(N,)``, by
-    :func:`chestdx.evaluate.metrics.label_metrics` (the figures ``chestdx evaluate`` reports)."""
+def accuracy_f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Accuracy and the positive class's (class 1) F1 of binary labels and predictions ``(N,)``.
+
+    Computed by :func:`chestdx.evaluate.metrics.label_metrics`, the one implementation behind the
+    figures ``chestdx evaluate`` reports (``accuracy`` and ``positive.f1`` of
+    :func:`~chestdx.evaluate.metrics.classification_metrics`): a zero division gives 0, so a
+    setting that never predicts COVID has F1 0.
+    """
     from chestdx.evaluate.metrics import label_metrics
 
     m = label_metrics(y, pred, 2)
@@ -99,7 +104,7 @@ def sweep_voting(run: Run | str | Path, ks: Sequence[int] = PAPER_KS,
             pred = torch.where(flipped, 1 - orig, orig)
         pred_np = pred.numpy()
         for gname, m in groups.items():
-            acc, f1 = _acc_f1(y[m], pred_np[m])
+            acc, f1 = accuracy_f1(y[m], pred_np[m])
             rows.append({"parameter": param, "k": k, "theta": theta, "site": gname,
                          "accuracy": acc, "f1": f1})
     out = Path(out) if out else run.path / "voting-sweep"
