@@ -43,10 +43,10 @@ def main() -> None:
     from chestdx.config import load_recipe
     from chestdx.data.datasets import SliceDataset
     from chestdx.data.lesions import load_segmentation_sources
-    from chestdx.data.phantom import synthesize_slices
     from chestdx.engine.run import Run
     from chestdx.engine.train import train
     from chestdx.evaluate.lesion import class_metrics, evaluate_segmentation
+    from chestdx.phantom import synthesize_slices
     from chestdx.utils import write_json
 
     out = Path(args.out)

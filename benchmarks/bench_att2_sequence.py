@@ -71,9 +71,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from chestdx.config import load_recipe
-    from chestdx.data.phantom_sequences import synthesize_sequences
     from chestdx.engine.train import train
     from chestdx.evaluate.run import evaluate_run
+    from chestdx.phantom.sequences import synthesize_sequences
 
     work = Path(args.out or tempfile.mkdtemp(prefix="att2_bench_"))
     t0 = time.time()

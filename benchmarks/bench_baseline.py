@@ -53,7 +53,7 @@ def _loading_source(tmp: Path, n_patients: int) -> tuple[list, tuple[str, ...], 
     import os
 
     from chestdx.data.layouts import load_source
-    from chestdx.data.phantom import synthesize_slices
+    from chestdx.phantom import synthesize_slices
 
     root = Path(os.environ.get("CHESTDX_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     if (root / "covid_ct_ucsd").is_dir():

@@ -95,8 +95,8 @@ def loading(n: int, shape: tuple[int, int, int], out: Path) -> dict:
     """Volumes/s through VolumeDataset: cold (read + resize + cache write), then cached."""
     from chestdx.config import DataConfig
     from chestdx.data.layouts import from_manifest
-    from chestdx.data.phantom_volumes import synthesize_volumes
     from chestdx.data.volume_dataset import VolumeDataset
+    from chestdx.phantom.volumes import synthesize_volumes
 
     per_class = max(1, n // 2)
     manifest = synthesize_volumes(out / "vols", n_patients_per_class=per_class, num_classes=2, shape=shape)

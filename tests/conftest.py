@@ -38,7 +38,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def phantom_slices(tmp_path_factory) -> Path:
     """A tiny 3-class, 2-site phantom (manifest path), made once per test session."""
-    from chestdx.data.phantom import synthesize_slices
+    from chestdx.phantom import synthesize_slices
 
     out = tmp_path_factory.mktemp("phantom")
     return Path(synthesize_slices(out, n_patients_per_class=5, slices_per_patient=2, num_classes=3,
@@ -52,7 +52,7 @@ TINY = ["data.image_size=32", "trainer.epochs=1", "data.batch_size=8", "model.he
 @pytest.fixture(scope="session")
 def phantom_binary(tmp_path_factory) -> Path:
     """A tiny binary (noncovid / covid), 2-site phantom (manifest path)."""
-    from chestdx.data.phantom import synthesize_slices
+    from chestdx.phantom import synthesize_slices
 
     out = tmp_path_factory.mktemp("phantom2")
     return Path(synthesize_slices(out, n_patients_per_class=6, slices_per_patient=2, num_classes=2,

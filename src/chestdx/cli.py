@@ -101,17 +101,17 @@ def _add_train_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from chestdx.data.phantom import synthesize_slices
+    from chestdx.phantom import synthesize_slices
 
     if args.kind == "cxr":
-        from chestdx.data.phantom_cxr import synthesize_cxr
+        from chestdx.phantom.cxr import synthesize_cxr
 
         manifest = synthesize_cxr(args.out, n_patients_per_class=args.patients, num_classes=args.classes,
                                   sites=args.sites, size=args.size, seed=args.seed)
         print(f"wrote {manifest}")
         return 0
     if args.kind == "sequence":
-        from chestdx.data.phantom_sequences import synthesize_sequences
+        from chestdx.phantom.sequences import synthesize_sequences
 
         n = args.slices_per_patient if args.slices_per_patient is not None else 20
         manifest = synthesize_sequences(args.out, n_patients_per_class=args.patients, slices_per_scan=n,
@@ -120,7 +120,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(f"wrote {manifest}")
         return 0
     if args.kind == "volume":
-        from chestdx.data.phantom_volumes import synthesize_volumes
+        from chestdx.phantom.volumes import synthesize_volumes
 
         depth = args.slices_per_patient if args.slices_per_patient is not None else max(4, args.size // 2)
         manifest = synthesize_volumes(args.out, n_patients_per_class=args.patients, num_classes=args.classes,

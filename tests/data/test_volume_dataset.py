@@ -78,7 +78,7 @@ def test_scan_folder_layout_cov19_ct_db(tmp_path):
 
 
 def test_phantom_volumes_read_back_with_masks(tmp_path):
-    from chestdx.data.phantom_volumes import synthesize_volumes
+    from chestdx.phantom.volumes import synthesize_volumes
 
     manifest = synthesize_volumes(tmp_path / "v", n_patients_per_class=2, num_classes=2, shape=(12, 24, 24))
     rows = list(csv.DictReader(open(manifest)))

@@ -18,8 +18,8 @@ TINY_3D = ["model.backbone=resnet18", "model.weights=none", "model.params.time_k
 
 @pytest.fixture(scope="module")
 def cmc_run(tmp_path_factory):
-    from chestdx.data.phantom_volumes import synthesize_volumes
     from chestdx.engine.train import train
+    from chestdx.phantom.volumes import synthesize_volumes
 
     root = tmp_path_factory.mktemp("cmc")
     manifest = synthesize_volumes(root / "data", n_patients_per_class=6, num_classes=2, shape=(16, 32, 32), seed=1)

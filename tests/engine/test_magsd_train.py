@@ -17,7 +17,7 @@ MAGSD_TINY = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32
 
 @pytest.fixture(scope="module")
 def phantom_cxr(tmp_path_factory):
-    from chestdx.data.phantom_cxr import synthesize_cxr
+    from chestdx.phantom.cxr import synthesize_cxr
 
     return synthesize_cxr(tmp_path_factory.mktemp("cxr"), n_patients_per_class=6, size=32, seed=0)
 

@@ -257,7 +257,7 @@ def test_a_read_only_run_folder_is_a_clear_error(phantom_slices, tmp_path, monke
 @pytest.fixture(scope="module")
 def kill_data(tmp_path_factory) -> Path:
     """Enough phantom images at 64 px that one epoch takes a couple of seconds on 2 CPU cores."""
-    from chestdx.data.phantom import synthesize_slices
+    from chestdx.phantom import synthesize_slices
 
     return Path(synthesize_slices(tmp_path_factory.mktemp("kill"), n_patients_per_class=25, slices_per_patient=2,
                                   num_classes=3, sites=1, size=64, seed=2))

@@ -105,7 +105,7 @@ def test_refuses_to_overwrite_and_resumes(phantom_slices, tmp_path):
 
 def test_training_moves_the_metric(tmp_path):
     """A few epochs on the phantom: training loss falls and validation accuracy beats chance."""
-    from chestdx.data.phantom import synthesize_slices
+    from chestdx.phantom import synthesize_slices
 
     data = synthesize_slices(tmp_path / "data", n_patients_per_class=40, slices_per_patient=1,
                              num_classes=3, sites=1, size=64, seed=1)

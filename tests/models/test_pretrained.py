@@ -268,7 +268,7 @@ def test_backbone_lr_gives_two_groups(monkeypatch):
 @pytest.fixture(scope="module")
 def phantom_64(tmp_path_factory):
     """A binary phantom, 40 patients a class, 2 slices each, one site, 64 px (160 images)."""
-    from chestdx.data.phantom import synthesize_slices
+    from chestdx.phantom import synthesize_slices
 
     out = tmp_path_factory.mktemp("phantom_ft")
     return synthesize_slices(out, n_patients_per_class=40, slices_per_patient=2, num_classes=2, sites=1,

@@ -56,7 +56,7 @@ def _abs(row_path: str, manifest: Path) -> Path:
 def test_bundle_warns_on_inputs_unlike_its_training_images(bundle, phantom_slices, tmp_path):
     from skimage import data
 
-    from chestdx.data.phantom_cxr import synthesize_cxr
+    from chestdx.phantom.cxr import synthesize_cxr
     from chestdx.serve.predictor import Predictor
     from chestdx.serve.report import write_study_report
 

@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from chestdx.data.phantom_cxr import MU_WATER_PER_MM, project_volume, synthesize_cxr
 from chestdx.errors import ConfigError
+from chestdx.phantom.cxr import MU_WATER_PER_MM, project_volume, synthesize_cxr
 
 
 def test_projection_by_hand():

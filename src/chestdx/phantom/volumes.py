@@ -1,8 +1,8 @@
 """Phantom CT volumes (``chestdx synth --kind volume``): NIfTI scans with 3D lesion masks.
 
-Each patient of the 3D phantom (:func:`~chestdx.data.phantom.sample_patient`) is voxelised whole
+Each patient of the 3D phantom (:func:`~chestdx.phantom.anatomy.sample_patient`) is voxelised whole
 (thoracic inlet to upper abdomen) at ``shape`` ``(D, H, W)`` by :meth:`ChestPhantom.render`, then
-acquired by its site (:class:`~chestdx.data.phantom.SiteProfile`): Gaussian resolution loss
+acquired by its site (:class:`~chestdx.phantom.sites.SiteProfile`): Gaussian resolution loss
 (``blur_sigma_mm``), spatially correlated noise (``noise_sigma`` HU, ``noise_corr_mm``), and a small
 per-scan HU gain / offset (``gain_jitter``, ``offset_jitter`` read as fractions of the site window
 width). The in-plane field of view and slice thickness of the slice profiles are not applied (every
@@ -16,6 +16,7 @@ back with :func:`~chestdx.data.read_volume`, a volume is ``(D, H, W)`` inferior 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from chestdx.data.phantom import (
-    MANIFEST_COLUMNS,
-    SiteProfile,
-    check_phantom_args,
-    check_sites,
-    make_out_dirs,
-    plan_patients,
-    sample_patient,
-    write_manifest,
-)
 from chestdx.errors import ConfigError
+from chestdx.phantom.anatomy import ChestPhantom
+from chestdx.phantom.sites import SiteProfile
+from chestdx.phantom.writer import PhantomKind, PlannedPatient, write_phantom_set
 
-__all__ = ["acquire_volume", "save_nifti_volume", "synthesize_volumes"]
+__all__ = ["VOLUMES", "acquire_volume", "save_nifti_volume", "synthesize_volumes"]
+
+VOLUMES = PhantomKind(tag="v", salt=6_000_011, split_salt=7_000_003, rng_key=(9,), subdirs=("volumes", "masks"))
+"""Volume sets: ids ``<site>-v<code>`` with their own salts, patient generators keyed ``(..., 9)``."""
 
 
 def save_nifti_volume(path: str | Path, vol: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
@@ -88,7 +85,7 @@ def synthesize_volumes(
     """Write a labelled data set of phantom CT volumes (one scan per patient) with lesion masks.
 
     Patients, classes, sites and patient-level splits (about 60 / 20 / 20, stratified by finding,
-    per site) are drawn as in :func:`~chestdx.data.phantom.synthesize_slices`, with per-patient child
+    per site) are drawn as in :func:`~chestdx.phantom.slices.synthesize_slices`, with per-patient child
     seeds, so the same seed gives the same files whatever the order.
 
     Args:
@@ -96,7 +93,7 @@ def synthesize_volumes(
         n_patients_per_class: scans per class and site (for 2 classes the noncovid class is half
             normal, half pneumonia).
         num_classes: 2 (noncovid / covid, as CMC-COV19D) or 3 (normal / pneumonia / covid).
-        sites: number of :func:`~chestdx.data.phantom.default_sites` or explicit profiles.
+        sites: number of :func:`~chestdx.phantom.sites.default_sites` or explicit profiles.
         shape: ``(D, H, W)`` of every volume.
         seed: master seed.
 
@@ -106,24 +103,31 @@ def synthesize_volumes(
     Raises:
         ConfigError: bad counts, classes, sites or shape.
     """
-    check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1))
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 4:
-        raise ConfigError(f"shape must be (D, H, W) with every side >= 4, got {shape}")
-    site_list = check_sites(sites)
-    out = make_out_dirs(out_dir, "volumes", "masks")
-    rows: list[dict[str, Any]] = []
-    for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 6_000_011, "v", 7_000_003):
-        prng = pt.rng(seed, 9)
-        ph = sample_patient(prng, pt.finding)
-        vol, mask, meta = ph.render(shape, (0.0, 1.0))
-        spacing = meta["spacing_mm"]
-        scan = acquire_volume(vol, spacing, pt.site, prng)
-        # the phantom runs thoracic inlet -> abdomen (superior -> inferior); files are stored so
-        # that read_volume gives inferior -> superior
-        save_nifti_volume(out / "volumes" / f"{pt.pid}.nii.gz", np.rint(scan[::-1]).astype(np.int16), spacing)
-        save_nifti_volume(out / "masks" / f"{pt.pid}.nii.gz", (mask[::-1] > 0).astype(np.uint8), spacing)
-        rows.append({"path": f"volumes/{pt.pid}.nii.gz", "label": pt.label, "class": pt.class_name,
-                     "patient_id": pt.pid, "site": pt.site.name, "mask": f"masks/{pt.pid}.nii.gz",
-                     "split": pt.split})
-    return write_manifest(out / "manifest.csv", rows, MANIFEST_COLUMNS)
+    return write_phantom_set(out_dir, VOLUMES, functools.partial(_write_patient, shape=shape),
+                             n_patients_per_class=n_patients_per_class, num_classes=num_classes, sites=sites,
+                             seed=seed, check=lambda: _volume_shape(shape))
+
+
+def _volume_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints.
+
+    Raises:
+        ConfigError: not three sides, or a side below 4.
+    """
+    dims = tuple(int(s) for s in shape)
+    if len(dims) != 3 or min(dims) < 4:
+        raise ConfigError(f"shape must be (D, H, W) with every side >= 4, got {dims}")
+    return dims
+
+
+def _write_patient(out: Path, pt: PlannedPatient, ph: ChestPhantom, rng: np.random.Generator, *,
+                   shape: Sequence[int]) -> list[dict[str, Any]]:
+    """``volumes/<patient>.nii.gz`` (the site's scan of the whole patient, int16 HU) and its mask."""
+    vol, mask, meta = ph.render(_volume_shape(shape), (0.0, 1.0))
+    spacing = meta["spacing_mm"]
+    scan = acquire_volume(vol, spacing, pt.site, rng)
+    # the phantom runs thoracic inlet -> abdomen (superior -> inferior); files are stored so
+    # that read_volume gives inferior -> superior
+    save_nifti_volume(out / "volumes" / f"{pt.pid}.nii.gz", np.rint(scan[::-1]).astype(np.int16), spacing)
+    save_nifti_volume(out / "masks" / f"{pt.pid}.nii.gz", (mask[::-1] > 0).astype(np.uint8), spacing)
+    return [{"path": f"volumes/{pt.pid}.nii.gz", "mask": f"masks/{pt.pid}.nii.gz"}]

@@ -1,8 +1,8 @@
-"""Synthetic CT scans as slice sequences, from the same 3D chest phantom (:mod:`chestdx.data.phantom`).
+"""Synthetic CT scans as slice sequences, from the same 3D chest phantom (:mod:`chestdx.phantom`).
 
 Each patient gets one scan: ``N`` axial slices spaced evenly over a craniocaudal span centred on
 the patient's slices of interest (``focus_z``), rendered by the patient's site exactly as
-:func:`~chestdx.data.phantom.synthesize_slices` renders single slices (slice thickness, zoom,
+:func:`~chestdx.phantom.slices.synthesize_slices` renders single slices (slice thickness, zoom,
 blur, noise, window; jitter drawn per slice). Lesions are 3D, so in positive scans they show on
 some slices and not on others: which slices matter is for the sequence model to find.
 
@@ -20,30 +20,33 @@ COVIDx-SeqCT builder skips them unless asked to pad).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chestdx.data.phantom import (
+from chestdx.errors import ConfigError
+from chestdx.phantom.anatomy import ChestPhantom
+from chestdx.phantom.render import render_ct_slice
+from chestdx.phantom.sites import SiteProfile
+from chestdx.phantom.slices import slab_volume_hw
+from chestdx.phantom.writer import (
     MANIFEST_COLUMNS,
-    ChestPhantom,
-    SiteProfile,
-    check_phantom_args,
-    check_sites,
-    make_out_dirs,
-    plan_patients,
-    render_ct_slice,
-    sample_patient,
-    write_manifest,
+    PhantomKind,
+    PlannedPatient,
+    write_phantom_set,
     write_slice_pair,
 )
-from chestdx.errors import ConfigError
 
-__all__ = ["SEQUENCE_MANIFEST_COLUMNS", "scan_slices", "synthesize_sequences"]
+__all__ = ["SEQUENCE_MANIFEST_COLUMNS", "SEQUENCES", "scan_slices", "synthesize_sequences"]
 
 SEQUENCE_MANIFEST_COLUMNS = (*MANIFEST_COLUMNS, "scan_id", "slice")
+
+SEQUENCES = PhantomKind(tag="p", salt=3_000_017, split_salt=4_000_037, rng_key=(5,),
+                        columns=SEQUENCE_MANIFEST_COLUMNS)
+"""Scan sets: ids ``<site>-p<code>`` drawn with their own salts, patient generators keyed ``(..., 5)``."""
 
 
 def scan_slices(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, n_slices: int, size: int,
@@ -81,7 +84,7 @@ def synthesize_sequences(
 ) -> Path:
     """Write a labelled data set of phantom CT scans (one scan of N slices per patient).
 
-    Patients, sites, classes and splits are drawn as in :func:`~chestdx.data.phantom.synthesize_slices`
+    Patients, sites, classes and splits are drawn as in :func:`~chestdx.phantom.slices.synthesize_slices`
     (per-patient child seeds, patient-level splits about 60 / 20 / 20 stratified by finding, drawn
     per site), so the same seed gives the same files whatever the generation order.
 
@@ -91,7 +94,7 @@ def synthesize_sequences(
         slices_per_scan: N, slices per scan (the maximum when ``min_slices`` is given).
         min_slices: draw N per scan uniformly in ``[min_slices, slices_per_scan]``; default: fixed N.
         num_classes: 3 (normal / pneumonia / covid) or 2 (noncovid / covid).
-        sites: number of :func:`~chestdx.data.phantom.default_sites` or explicit profiles.
+        sites: number of :func:`~chestdx.phantom.sites.default_sites` or explicit profiles.
         size: slice side in pixels.
         seed: master seed.
         span: craniocaudal extent of a scan, as a fraction of the 300 mm phantom (0.36 = 108 mm).
@@ -103,23 +106,26 @@ def synthesize_sequences(
         ConfigError: bad counts, sizes or span.
     """
     lo_n = slices_per_scan if min_slices is None else min_slices
-    check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1),
-                       ("slices_per_scan", slices_per_scan, 1), ("min_slices", lo_n, 1), ("size", size, 16))
-    if lo_n > slices_per_scan:
-        raise ConfigError(f"min_slices ({lo_n}) must not exceed slices_per_scan ({slices_per_scan})")
-    if not 0.0 < span <= 0.87:
-        raise ConfigError(f"span must lie in (0, 0.87], got {span}")
-    site_list = check_sites(sites)
-    out = make_out_dirs(out_dir, "images", "masks")
-    vol_hw = max(96, min(2 * size, 256)) if size < 128 else size
-    rows: list[dict[str, Any]] = []
-    for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 3_000_017, "p", 4_000_037):
-        prng = pt.rng(seed, 5)
-        ph = sample_patient(prng, pt.finding)
-        n = int(prng.integers(lo_n, slices_per_scan + 1))
-        scan = f"{pt.pid}_s1"
-        for k, (img, msk) in enumerate(scan_slices(ph, pt.site, prng, n, size, vol_hw, span)):
-            rows.append({**write_slice_pair(out, f"{scan}_{k:03d}.png", img, msk), "label": pt.label,
-                         "class": pt.class_name, "patient_id": pt.pid, "site": pt.site.name, "split": pt.split,
-                         "scan_id": scan, "slice": k})
-    return write_manifest(out / "manifest.csv", rows, SEQUENCE_MANIFEST_COLUMNS)
+
+    def check() -> None:
+        if lo_n > slices_per_scan:
+            raise ConfigError(f"min_slices ({lo_n}) must not exceed slices_per_scan ({slices_per_scan})")
+        if not 0.0 < span <= 0.87:
+            raise ConfigError(f"span must lie in (0, 0.87], got {span}")
+
+    write = functools.partial(_write_patient, min_slices=lo_n, slices_per_scan=slices_per_scan, size=size, span=span)
+    return write_phantom_set(out_dir, SEQUENCES, write, n_patients_per_class=n_patients_per_class,
+                             num_classes=num_classes, sites=sites, seed=seed, check=check,
+                             counts=(("slices_per_scan", slices_per_scan, 1), ("min_slices", lo_n, 1),
+                                     ("size", size, 16)))
+
+
+def _write_patient(out: Path, pt: PlannedPatient, ph: ChestPhantom, rng: np.random.Generator, *, min_slices: int,
+                   slices_per_scan: int, size: int, span: float) -> list[dict[str, Any]]:
+    """The patient's scan ``<patient>_s1``: its length drawn from ``rng``, then ``images/<scan>_<k:03d>.png``
+    and its mask for each slice."""
+    n = int(rng.integers(min_slices, slices_per_scan + 1))
+    scan = f"{pt.pid}_s1"
+    slices = scan_slices(ph, pt.site, rng, n, size, slab_volume_hw(size), span)
+    return [{**write_slice_pair(out, f"{scan}_{k:03d}.png", img, msk), "scan_id": scan, "slice": k}
+            for k, (img, msk) in enumerate(slices)]

@@ -1,4 +1,4 @@
-"""Tests of the synthetic chest phantom (``chestdx.data.phantom``)."""
+"""Tests of the synthetic chest phantom (``chestdx.phantom``): patient model, slices, sites."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from chestdx.data import phantom as P
+from chestdx import phantom as P
 from chestdx.errors import ConfigError
 
 
@@ -76,8 +76,8 @@ def test_pneumonia_is_lobar_and_covid_bilateral_peripheral() -> None:
         xs = np.array([les.center[0] for les in cv.lesions])
         assert (xs < 0).any() and (xs > 0).any()  # both lungs
         # patch centres close to the chest wall (super-ellipse radius of the cavity near 1)
-        cav = cv._layers()["cavity"]
-        rse = cv._se(xs, np.array([les.center[1] for les in cv.lesions]), cav)
+        cav = cv.layers()["cavity"]
+        rse = cv.se_radius(xs, np.array([les.center[1] for les in cv.lesions]), cav)
         assert np.median(rse) > 0.7
 
 

@@ -1,4 +1,4 @@
-"""Synthetic chest X-rays: a projection of the same 3D chest phantom (:mod:`chestdx.data.phantom`).
+"""Synthetic chest X-rays: a projection of the same 3D chest phantom (:mod:`chestdx.phantom`).
 
 :func:`render_cxr` voxelises a whole patient (thoracic inlet to upper abdomen) and projects it
 along the antero-posterior axis, as a frontal radiograph is formed:
@@ -18,18 +18,20 @@ along the antero-posterior axis, as a frontal radiograph is formed:
   ground-glass band, fissures, vessels) keep their plain attenuation, so normals still carry them;
 - the lesion mask is projected too: a pixel is lesion where any voxel on its ray is (an
   "en-face" footprint of the 3D lesions, what a reader outlines on a radiograph);
-- each site (:class:`~chestdx.data.phantom.SiteProfile`) and image adds its own zoom, shift and
+- each site (:class:`~chestdx.phantom.sites.SiteProfile`) and image adds its own zoom, shift and
   rotation, blur, a window from the image's own percentiles with jitter (exposure), gamma, gain /
   offset and noise (``noise_sigma / 1500`` of the display range), so no global intensity gives a
   class away; what differs between classes is the projected spatial pattern (one lobar opacity,
   multifocal peripheral faint patches on both sides, or posterior dependent changes only).
 
 :func:`synthesize_cxr` writes a data set in the same layout as
-:func:`~chestdx.data.phantom.synthesize_slices` (``images/``, ``masks/``, ``manifest.csv``).
+:func:`~chestdx.phantom.slices.synthesize_slices` (``images/``, ``masks/``, ``manifest.csv``), through
+the shared skeleton :func:`~chestdx.phantom.writer.write_phantom_set`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,23 +40,18 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from chestdx.data.phantom import (
-    FOV_MM,
-    MANIFEST_COLUMNS,
-    Z_EXTENT_MM,
-    ChestPhantom,
-    SiteProfile,
-    check_phantom_args,
-    check_sites,
-    make_out_dirs,
-    plan_patients,
-    sample_patient,
-    write_manifest,
-    write_slice_pair,
-)
 from chestdx.errors import ConfigError
+from chestdx.phantom.anatomy import ChestPhantom
+from chestdx.phantom.constants import FOV_MM, Z_EXTENT_MM
+from chestdx.phantom.sites import SiteProfile
+from chestdx.phantom.writer import PhantomKind, PlannedPatient, write_phantom_set, write_slice_pair
+
+__all__ = ["CXR", "MU_WATER_PER_MM", "project_volume", "render_cxr", "synthesize_cxr"]
 
 MU_WATER_PER_MM = 0.02
+
+CXR = PhantomKind(tag="x", salt=1_000_003)
+"""X-ray sets: ids ``<site>-x<code>``, the slice sets' salts (same patients, same splits)."""
 
 
 def _mu(hu: np.ndarray | float) -> np.ndarray:
@@ -92,7 +89,7 @@ def render_cxr(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, si
     """Render one frontal chest X-ray of a phantom patient.
 
     Args:
-        ph: the patient (:func:`~chestdx.data.phantom.sample_patient`).
+        ph: the patient (:func:`~chestdx.phantom.anatomy.sample_patient`).
         site: the acquisition profile.
         rng: generator for the per-image jitter and noise.
         size: output side in pixels.
@@ -163,7 +160,7 @@ def synthesize_cxr(
     (0/255 projected lesion mask, empty for normals) and ``out_dir/manifest.csv`` with columns
     ``path,label,class,patient_id,site,mask,split``. Classes, patient ids, per-patient seeds and the
     patient-grouped, finding-stratified 60 / 20 / 20 split work as in
-    :func:`~chestdx.data.phantom.synthesize_slices` (same seed, same patients); further images of a
+    :func:`~chestdx.phantom.slices.synthesize_slices` (same seed, same patients); further images of a
     patient (``images_per_patient``) are new exposures with their own jitter and noise.
 
     Args:
@@ -171,7 +168,7 @@ def synthesize_cxr(
         n_patients_per_class: patients per class and site.
         images_per_patient: radiographs per patient.
         num_classes: 3 (normal / pneumonia / covid) or 2 (noncovid / covid).
-        sites: number of :func:`~chestdx.data.phantom.default_sites` or explicit profiles.
+        sites: number of :func:`~chestdx.phantom.sites.default_sites` or explicit profiles.
         size: image side in pixels.
         seed: master seed.
         lesion_gain: lesion conspicuity (:func:`render_cxr`).
@@ -182,20 +179,19 @@ def synthesize_cxr(
     Raises:
         ConfigError: bad number of classes, patients, images, sites or size.
     """
-    check_phantom_args(num_classes, ("n_patients_per_class", n_patients_per_class, 1),
-                       ("images_per_patient", images_per_patient, 1), ("size", size, 16))
-    site_list = check_sites(sites)
-    out = make_out_dirs(out_dir, "images", "masks")
+    write = functools.partial(_write_patient, images_per_patient=images_per_patient, size=size,
+                              lesion_gain=lesion_gain)
+    return write_phantom_set(out_dir, CXR, write, n_patients_per_class=n_patients_per_class, num_classes=num_classes,
+                             sites=sites, seed=seed, counts=(("images_per_patient", images_per_patient, 1),
+                                                             ("size", size, 16)))
+
+
+def _write_patient(out: Path, pt: PlannedPatient, ph: ChestPhantom, rng: np.random.Generator, *,
+                   images_per_patient: int, size: int, lesion_gain: float) -> list[dict[str, Any]]:
+    """``images/<patient>_<k:02d>.png`` and its projected mask for each exposure of the patient."""
     vol_hw = 96 if size <= 128 else 128
-    rows: list[dict[str, Any]] = []
-    for pt in plan_patients(site_list, n_patients_per_class, num_classes, seed, 1_000_003, "x"):
-        prng = pt.rng(seed)
-        ph = sample_patient(prng, pt.finding)
-        for k in range(images_per_patient):
-            img, msk = render_cxr(ph, pt.site, prng, size, vol_hw, lesion_gain)
-            rows.append({**write_slice_pair(out, f"{pt.pid}_{k:02d}.png", img, msk), "label": pt.label,
-                         "class": pt.class_name, "patient_id": pt.pid, "site": pt.site.name, "split": pt.split})
-    return write_manifest(out / "manifest.csv", rows, MANIFEST_COLUMNS)
-
-
-__all__ = ["project_volume", "render_cxr", "synthesize_cxr"]
+    rows = []
+    for k in range(images_per_patient):
+        img, msk = render_cxr(ph, pt.site, rng, size, vol_hw, lesion_gain)
+        rows.append(write_slice_pair(out, f"{pt.pid}_{k:02d}.png", img, msk))
+    return rows
