@@ -2,7 +2,9 @@
 
 The package is organised by role (see ``docs/architecture.md``):
 
-- :mod:`chestdx.data`        readers, layouts, transforms, the synthetic phantom
+- :mod:`chestdx.io`          readers of images and scans (PNG/JPEG/TIFF, DICOM, NIfTI, ``.npy``, zips)
+- :mod:`chestdx.data`        layouts, splits, transforms, datasets
+- :mod:`chestdx.phantom`     the synthetic chest phantom (slices, X-rays, scans, volumes)
 - :mod:`chestdx.models`      backbones and classifiers sharing one interface
 - :mod:`chestdx.objectives`  losses
 - :mod:`chestdx.mixing`      label-changing batch augmentations

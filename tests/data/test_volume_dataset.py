@@ -12,9 +12,9 @@ from PIL import Image
 
 import chestdx.data.volume_dataset as vd
 from chestdx.config import DataConfig, load_recipe
-from chestdx.data import read_volume
 from chestdx.data.layouts import Sample
 from chestdx.errors import DatasetError
+from chestdx.io import read_volume
 from tests.dicom_utils import write_series
 
 

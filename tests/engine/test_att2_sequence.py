@@ -96,7 +96,7 @@ def test_bilstm_on_frozen_att2_embeddings(att2_run, phantom_scans, tmp_path):
     # a bundle of the sequence run carries its encoder inline and answers a scan on its own
     import numpy as np
 
-    from chestdx.data.readers import read_image
+    from chestdx.io import read_image
     from chestdx.serve.bundle import export_bundle, load_bundle
     from chestdx.serve.predictor import Predictor
     from chestdx.serve.report import study_report

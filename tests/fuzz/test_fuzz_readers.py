@@ -54,9 +54,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from chestdx.data.readers import read_image, read_mask
-from chestdx.data.volumes import VolumeMeta, is_volume_input, read_volume
 from chestdx.errors import ChestdxError, DataError
+from chestdx.io import VolumeMeta, is_volume_input, read_image, read_mask, read_volume
 from chestdx.serve.inputs import Study, expand_inputs, load_study, study_from_bytes
 
 SEED = 13

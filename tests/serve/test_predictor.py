@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import chestdx
-from chestdx.data.readers import read_image
 from chestdx.errors import DataError
+from chestdx.io import read_image
 from chestdx.serve.predictor import Prediction, ScanPrediction
 
 

@@ -33,8 +33,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote
 
-from chestdx.data.readers import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
 from chestdx.errors import DataError, DatasetError
+from chestdx.io.formats import IMAGE_SUFFIXES, is_image_file
+from chestdx.io.images import read_image, read_mask
 
 log = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ class LoadPreprocess(Transform):
         self.cfg = cfg
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        from chestdx.data.readers import read_image, read_mask
+        from chestdx.io.images import read_image, read_mask
 
         path = item["path"]
         cfg = self.cfg

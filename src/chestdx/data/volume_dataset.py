@@ -4,7 +4,7 @@ Preprocessing (cmc-cov19d-3d-contrastive-mixup.txt, Sec. 5.1: "each 2D chest CT 
 composed into a 3D volume of shape (D, H, W) ... resized ... to (128, 256, 256) ... transform[ed] to
 the interval [0, 1]"):
 
-1. :func:`~chestdx.data.read_volume` (DICOM series in position order, zips, NIfTI, slice folders,
+1. :func:`~chestdx.io.read_volume` (DICOM series in position order, zips, NIfTI, slice folders,
    ``.npy``), with the recipe's ``data.hu_window`` ``(level, width)`` clipping HU and scaling to
    ``[0, 1]``;
 2. trilinear resize to ``(data.volume_depth, data.image_size, data.image_size)``;
@@ -40,8 +40,8 @@ from monai.transforms import Compose, Transform
 
 from chestdx.config import DataConfig
 from chestdx.data.layouts import Sample, resolve_label
-from chestdx.data.volumes import is_volume_input, natural_key, read_volume
 from chestdx.errors import ChestdxError, DataError, DatasetError
+from chestdx.io.volumes import is_volume_input, natural_key, read_volume
 
 __all__ = ["LoadVolume", "VolumeDataset", "check_volume_samples", "default_cache_dir", "from_scan_folders",
            "load_volume_source", "load_volume_sources", "preprocess_volume", "resize_volume"]
@@ -250,7 +250,7 @@ def from_scan_folders(root: str | Path, class_names: Sequence[str], site: str | 
     Layouts: ``root/[train|val|test/]<class>/<scan>/`` (COV19-CT-DB: ``covid`` / ``non-covid``, slices
     ``0.jpg, 1.jpg, ...``) and ``root/<class>/<patient>/<scan>/`` (CC-CCII: ``NCP`` / ``CP`` /
     ``Normal``). Every folder that directly holds files is one scan (read by
-    :func:`~chestdx.data.read_volume`: DICOM series or slice images); NIfTI / ``.npy`` files directly
+    :func:`~chestdx.io.read_volume`: DICOM series or slice images); NIfTI / ``.npy`` files directly
     in a class folder are scans too. The patient is the first folder below the class folder.
 
     Raises:

@@ -11,7 +11,7 @@ volume spans the phantom's 340 mm and is resized by the training pipeline anyway
 Layout: ``out_dir/volumes/<patient>.nii.gz`` (int16 HU, RAS affine with the voxel spacing),
 ``out_dir/masks/<patient>.nii.gz`` (uint8 lesion mask, empty for normals) and
 ``out_dir/manifest.csv`` (``path,label,class,patient_id,site,mask,split``, one row per scan). Read
-back with :func:`~chestdx.data.read_volume`, a volume is ``(D, H, W)`` inferior -> superior.
+back with :func:`~chestdx.io.read_volume`, a volume is ``(D, H, W)`` inferior -> superior.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ VOLUMES = PhantomKind(tag="v", salt=6_000_011, split_salt=7_000_003, rng_key=(9,
 
 def save_nifti_volume(path: str | Path, vol: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
     """Write ``(D, H, W)`` (inferior -> superior, display convention) as a NIfTI file that
-    :func:`~chestdx.data.read_volume` reads back unchanged. ``spacing`` is ``(dz, dy, dx)`` in mm.
+    :func:`~chestdx.io.read_volume` reads back unchanged. ``spacing`` is ``(dz, dy, dx)`` in mm.
 
     The file is written to a temporary name and renamed (atomic).
     """

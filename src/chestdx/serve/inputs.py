@@ -8,7 +8,7 @@ Hostile input: :func:`load_study`, :func:`study_from_bytes` and :func:`expand_in
 :class:`chestdx.errors.ChestdxError` (a :class:`DataError`; :class:`UnsupportedType` for content
 of an unknown kind) whatever they are given. Sizes are checked before decoding against
 ``max_pixels`` (one image) and ``max_voxels`` (one scan), defaults
-:data:`chestdx.data.limits.MAX_IMAGE_PIXELS` and :data:`~chestdx.data.limits.MAX_VOLUME_VOXELS`.
+:data:`chestdx.io.limits.MAX_IMAGE_PIXELS` and :data:`~chestdx.io.limits.MAX_VOLUME_VOXELS`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from chestdx.data.limits import (
+from chestdx.errors import ChestdxError, DataError
+from chestdx.io.limits import (
     MAX_IMAGE_PIXELS,
     MAX_UNZIPPED_BYTES,
     MAX_VOLUME_VOXELS,
@@ -30,7 +31,6 @@ from chestdx.data.limits import (
     check_size,
     guard_reader,
 )
-from chestdx.errors import ChestdxError, DataError
 
 __all__ = ["Study", "load_study", "sniff_bytes", "study_from_bytes", "SUPPORTED_UPLOADS"]
 
@@ -59,7 +59,7 @@ class Study:
 def sniff_bytes(head: bytes) -> str | None:
     """The kind of uploaded content from its first bytes (at least 548): one of
     :data:`SUPPORTED_UPLOADS`, or None when it is none of them."""
-    from chestdx.data.readers import looks_like_dicom, sniff_head
+    from chestdx.io.formats import looks_like_dicom, sniff_head
 
     head = bytes(head[:1024])
     kind = sniff_head(head)
@@ -101,8 +101,9 @@ def load_study(x: Any, hu_window: tuple[float, float] | None = None, name: str |
     Raises:
         DataError: unreadable, unsupported or too large input, naming it (nothing else escapes).
     """
-    from chestdx.data.readers import apply_hu_window, read_image
-    from chestdx.data.volumes import is_volume_input, read_volume
+    from chestdx.io.formats import apply_hu_window
+    from chestdx.io.images import read_image
+    from chestdx.io.volumes import is_volume_input, read_volume
 
     if isinstance(x, (str, Path)):
         if str(x) == "":  # Path("") is the working folder
@@ -118,13 +119,13 @@ def load_study(x: Any, hu_window: tuple[float, float] | None = None, name: str |
         from PIL import Image
 
         if isinstance(x, Image.Image):
-            from chestdx.data.readers import _pil_array
+            from chestdx.io.images import pil_array
 
             label = name or "image"
             w, h = (int(v) for v in x.size)
             check_size(label, w * h, max_pixels, f"image ({w} x {h})")
             try:
-                arr = _pil_array(x, Path(label), scale=True)
+                arr = pil_array(x, Path(label), scale=True)
             except DataError:
                 raise
             except Exception as e:  # noqa: BLE001 - a lazily loaded PIL image may be corrupt
@@ -170,13 +171,13 @@ def study_from_bytes(data: bytes, filename: str, hu_window: tuple[float, float] 
         filename: the user's name for them (only used in answers and errors).
         hu_window: as in :func:`load_study`.
         max_unzipped_bytes: refuse zips that unpack to more (declared or actual); None: the
-            default :data:`~chestdx.data.limits.MAX_UNZIPPED_BYTES` (1 GiB).
+            default :data:`~chestdx.io.limits.MAX_UNZIPPED_BYTES` (1 GiB).
         max_pixels: refuse an image holding more pixels; None:
-            :data:`~chestdx.data.limits.MAX_IMAGE_PIXELS` (64 Mi).
+            :data:`~chestdx.io.limits.MAX_IMAGE_PIXELS` (64 Mi).
         max_voxels: refuse a scan holding more voxels; None:
-            :data:`~chestdx.data.limits.MAX_VOLUME_VOXELS` (128 Mi).
+            :data:`~chestdx.io.limits.MAX_VOLUME_VOXELS` (128 Mi).
         max_zip_members: refuse zips holding more files; None:
-            :data:`~chestdx.data.limits.MAX_ZIP_MEMBERS` (4096).
+            :data:`~chestdx.io.limits.MAX_ZIP_MEMBERS` (4096).
 
     All limits are checked before anything is decoded or unpacked past them.
 
@@ -185,7 +186,7 @@ def study_from_bytes(data: bytes, filename: str, hu_window: tuple[float, float] 
         DataError: empty, unreadable or too large, naming ``filename`` (and, for a zip, the member),
             never a temporary file. Nothing else escapes.
     """
-    from chestdx.data.volumes import read_volume
+    from chestdx.io.volumes import read_volume
 
     filename = str(filename) if filename else "upload"
     if not data:
@@ -275,11 +276,11 @@ def _is_zip(f: Path) -> bool:
 
 
 def _holds_dicom(folder: Path) -> bool:
-    from chestdx.data.readers import _kind
+    from chestdx.io.formats import file_kind
 
     for f in folder.iterdir():
         try:
-            if f.is_file() and not f.name.startswith(".") and f.stat().st_size > 0 and _kind(f) == "dicom":
+            if f.is_file() and not f.name.startswith(".") and f.stat().st_size > 0 and file_kind(f) == "dicom":
                 return True
         except (DataError, OSError):
             continue
@@ -306,7 +307,7 @@ def expand_inputs(inputs: Any, scan_folders: bool = False) -> list[str]:
         DataError: a path that does not exist or cannot be listed, or a folder with nothing to
             answer (nothing else escapes).
     """
-    from chestdx.data.readers import is_image_file
+    from chestdx.io.formats import is_image_file
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]

@@ -437,7 +437,7 @@ class Predictor:
         Yields:
             one answer per readable input, in order.
         """
-        from chestdx.data.volumes import is_volume_input
+        from chestdx.io.volumes import is_volume_input
 
         buf: list[tuple[str, torch.Tensor]] = []
 

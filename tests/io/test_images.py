@@ -1,4 +1,4 @@
-"""Tests of chestdx.data.readers on tiny files made in tmp_path (and, marked realdata, the real sets)."""
+"""Tests of chestdx.io.images (and io.formats, io.dicom) on tiny files made in tmp_path (and, marked realdata, the real sets)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chestdx.data.readers import IMAGE_SUFFIXES, apply_hu_window, is_image_file, read_image, read_mask
 from chestdx.errors import ConfigError, DataError
+from chestdx.io import IMAGE_SUFFIXES, apply_hu_window, is_image_file, read_image, read_mask
 from tests.dicom_utils import write_dicom
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -526,7 +526,7 @@ def _png_with_size(width: int, height: int) -> bytes:
 def test_pixel_cap_checked_before_decoding(tmp_path):
     import time
 
-    from chestdx.data.limits import MAX_IMAGE_PIXELS
+    from chestdx.io.limits import MAX_IMAGE_PIXELS
 
     assert MAX_IMAGE_PIXELS == 64 * 1024 * 1024
     (tmp_path / "bomb.png").write_bytes(_png_with_size(50000, 3500))
@@ -610,7 +610,7 @@ def test_dcm_that_is_not_dicom_refused_before_pydicom(tmp_path):
 
 
 def test_unexpected_errors_become_data_errors(tmp_path, monkeypatch):
-    import chestdx.data.readers as readers
+    import chestdx.io.images as readers
 
     Image.fromarray(_ramp()).save(tmp_path / "g.png")
     for exc in (ZeroDivisionError("boom"), MemoryError(), RecursionError("deep")):

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chestdx.data import read_volume
-from chestdx.data.readers import read_image
-from chestdx.data.volumes import is_volume_input, natural_key
 from chestdx.errors import DataError
+from chestdx.io import is_volume_input, natural_key, read_image, read_volume
 from tests.dicom_utils import write_dicom, write_series
 
 
@@ -143,7 +141,7 @@ def _series_zip(tmp_path, files, name="study.zip", compression=zipfile.ZIP_DEFLA
 
 
 def test_default_limits():
-    from chestdx.data import limits
+    from chestdx.io import limits
 
     assert limits.MAX_VOLUME_VOXELS == 128 * 1024 * 1024
     assert limits.MAX_UNZIPPED_BYTES == 1024**3

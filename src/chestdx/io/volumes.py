@@ -2,7 +2,7 @@
 slice images (COV19-CT-DB style), a ``(D, H, W)`` ``.npy`` array, or a multi-frame DICOM file.
 
 Every volume comes back as float32 ``(D, H, W)`` with axial slices ordered **inferior -> superior**
-and each slice in the radiological display convention of :func:`chestdx.data.read_image` (rows
+and each slice in the radiological display convention of :func:`chestdx.io.read_image` (rows
 anterior -> posterior, columns patient right -> left), so a slice of a volume and the same slice read
 on its own are the same array. Intensities are HU for DICOM (``pixel * RescaleSlope +
 RescaleIntercept``, per file) and the stored values for NIfTI and ``.npy``; ``hu_window`` clips and
@@ -30,7 +30,7 @@ Choices made where the input is ambiguous:
 Hostile input: :func:`read_volume` raises only :class:`chestdx.errors.ChestdxError`. The voxels a
 volume declares (NIfTI / ``.npy`` header, DICOM ``Rows * Columns * NumberOfFrames *
 SamplesPerPixel`` summed over the series' files, image header sizes summed over a slice folder) are
-checked against ``max_voxels`` (default :data:`chestdx.data.limits.MAX_VOLUME_VOXELS`) before any
+checked against ``max_voxels`` (default :data:`chestdx.io.limits.MAX_VOLUME_VOXELS`) before any
 pixel is decoded.
 """
 
@@ -46,7 +46,19 @@ from typing import Any
 
 import numpy as np
 
-from chestdx.data.limits import (
+from chestdx.errors import DataError
+from chestdx.io.dicom import dcmread, dicom_geometry, dicom_to_array, tag_number, tag_numbers, tag_str
+from chestdx.io.formats import (
+    PIL_SUFFIXES,
+    apply_hu_window,
+    check_array,
+    file_kind,
+    looks_like_dicom,
+    open_checked,
+    sniff_head,
+)
+from chestdx.io.images import nifti_open, npy_header, pil_pixels, read_image, read_nifti
+from chestdx.io.limits import (
     MAX_UNZIPPED_BYTES,
     MAX_VOLUME_VOXELS,
     MAX_ZIP_MEMBER_BYTES,
@@ -54,27 +66,6 @@ from chestdx.data.limits import (
     check_size,
     guard_reader,
 )
-from chestdx.data.readers import (
-    PIL_SUFFIXES,
-    _check_array,
-    _dcmread,
-    _dicom_geometry,
-    _dicom_to_array,
-    _kind,
-    _nifti_open,
-    _npy_header,
-    _open_checked,
-    _pil_pixels,
-    _read_nifti,
-    _tag_number,
-    _tag_numbers,
-    _tag_str,
-    apply_hu_window,
-    looks_like_dicom,
-    read_image,
-    sniff_head,
-)
-from chestdx.errors import DataError
 
 __all__ = ["VolumeMeta", "read_volume", "is_volume_input", "natural_key", "MAX_UNZIPPED_BYTES",
            "MAX_VOLUME_VOXELS", "MAX_ZIP_MEMBERS", "MAX_ZIP_MEMBER_BYTES"]
@@ -119,16 +110,16 @@ def _nifti_volume(path: Path, max_voxels: int | None = MAX_VOLUME_VOXELS
     The header shape is checked against ``max_voxels`` before the data is read."""
     from nibabel.orientations import apply_orientation, io_orientation
 
-    img, shape = _nifti_open(path)
+    img, shape = nifti_open(path)
     if len(shape) == 2:
-        return _read_nifti(path, None, max_voxels)[None], None
+        return read_nifti(path, None, max_voxels)[None], None
     if len(shape) != 3:
         raise DataError(path, f"NIfTI image has shape {shape}; expected a 3D volume")
     if 0 in shape:
         raise DataError(path, f"NIfTI volume is empty (shape {shape})")
     check_size(path, math.prod(shape), max_voxels, f"NIfTI volume {shape}", "voxels")
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # huge values become inf: refused by _check_array
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values become inf: refused by check_array
             data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
         ornt = io_orientation(img.affine)[:3]
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
@@ -148,7 +139,7 @@ def _nifti_volume(path: Path, max_voxels: int | None = MAX_VOLUME_VOXELS
 
 def _npy_volume(path: Path, max_voxels: int | None = MAX_VOLUME_VOXELS) -> np.ndarray:
     """A ``(D, H, W)`` (or ``(H, W)``, as one slice) ``.npy`` array; header checked before loading."""
-    shape, _ = _npy_header(path)
+    shape, _ = npy_header(path)
     if len(shape) not in (2, 3) or 0 in shape:
         raise DataError(path, f"array has shape {shape}; expected (D, H, W)")
     check_size(path, math.prod(shape), max_voxels, f"array {shape}", "voxels")
@@ -173,18 +164,18 @@ def _dicom_files(paths: list[Path], folder: Path, series_uid: str | None
             skipped.append((str(p), "DICOMDIR index"))
             continue
         try:
-            kind = _kind(p) if p.stat().st_size > 0 else "empty"
+            kind = file_kind(p) if p.stat().st_size > 0 else "empty"
         except (DataError, OSError) as e:
             skipped.append((str(p), str(e)))
             continue
         if kind != "dicom":
             skipped.append((str(p), f"not DICOM ({kind})"))
             continue
-        ds = _dcmread(p, stop_before_pixels=True)
+        ds = dcmread(p, stop_before_pixels=True)
         if "Rows" not in ds:
             skipped.append((str(p), "DICOM object without an image"))
             continue
-        by_series.setdefault(_tag_str(ds, p, "SeriesInstanceUID", ""), []).append((p, ds))
+        by_series.setdefault(tag_str(ds, p, "SeriesInstanceUID", ""), []).append((p, ds))
     if not by_series:
         raise DataError(folder, "holds no DICOM image files")
     if series_uid is not None:
@@ -207,8 +198,8 @@ def _slice_position(ds: Any, p: Path) -> float | None:
     Raises:
         DataError: a tag present but not 3 (6) numbers, naming the tag.
     """
-    ipp = _tag_numbers(ds, p, "ImagePositionPatient", 3)
-    iop = _tag_numbers(ds, p, "ImageOrientationPatient", 6)
+    ipp = tag_numbers(ds, p, "ImagePositionPatient", 3)
+    iop = tag_numbers(ds, p, "ImageOrientationPatient", 6)
     if ipp is None or iop is None:
         return None
     normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
@@ -223,7 +214,7 @@ def _dicom_series(folder: Path, paths: list[Path], series_uid: str | None,
     files, skipped, uid = _dicom_files(paths, folder, series_uid)
     total = 0
     for p, ds in files:  # from the headers, before any pixel is decoded
-        rows, cols, frames, spp = _dicom_geometry(ds, p)
+        rows, cols, frames, spp = dicom_geometry(ds, p)
         total += rows * cols * frames * spp
     check_size(folder, total, max_voxels, f"DICOM series ({len(files)} files)", "voxels")
     positions = [_slice_position(ds, p) for p, ds in files]
@@ -232,7 +223,7 @@ def _dicom_series(folder: Path, paths: list[Path], series_uid: str | None,
         sorted_pos = np.sort(np.asarray(positions, dtype=np.float64))
         dz = float(np.median(np.diff(sorted_pos))) if len(files) > 1 else None
     else:
-        instances = [_tag_number(ds, p, "InstanceNumber", None, integer=True) for p, ds in files]
+        instances = [tag_number(ds, p, "InstanceNumber", None, integer=True) for p, ds in files]
         if all(n is not None for n in instances):
             order, how, dz = np.argsort(np.asarray(instances, dtype=np.float64), kind="stable"), "instance", None
         else:
@@ -240,22 +231,22 @@ def _dicom_series(folder: Path, paths: list[Path], series_uid: str | None,
             how, dz = "name", None
     p0, ds0 = files[0]
     if dz is None and len(files) > 1:
-        st = (_tag_number(ds0, p0, "SpacingBetweenSlices", None)
-              or _tag_number(ds0, p0, "SliceThickness", None))
+        st = (tag_number(ds0, p0, "SpacingBetweenSlices", None)
+              or tag_number(ds0, p0, "SliceThickness", None))
         dz = float(st) if st else None
     vol: np.ndarray | None = None
     names = []
     for j, i in enumerate(order):
         p, _ = files[int(i)]
         # windowed per slice as read_image does it (MONOCHROME1 inverted after the window)
-        arr = _dicom_to_array(_dcmread(p), p, hu_window, None, raw=False, max_pixels=max_voxels)
+        arr = dicom_to_array(dcmread(p), p, hu_window, None, raw=False, max_pixels=max_voxels)
         if vol is None:
             vol = np.empty((len(files),) + arr.shape, np.float32)
         elif arr.shape != vol.shape[1:]:
             raise DataError(p, f"slice has shape {arr.shape} but the series' first slice has {vol.shape[1:]}")
         vol[j] = arr
         names.append(str(p))
-    ps = _tag_numbers(ds0, p0, "PixelSpacing", 2)
+    ps = tag_numbers(ds0, p0, "PixelSpacing", 2)
     spacing = None
     if ps is not None and dz is not None:
         spacing = (abs(dz), ps[0], ps[1])
@@ -271,7 +262,7 @@ def _slice_folder(folder: Path, paths: list[Path],
     skipped = [(str(p), "not a slice image") for p in paths if p not in images]
     if not images:
         raise DataError(folder, "holds neither DICOM files nor slice images (.png/.jpg/.tif/.bmp)")
-    total = sum(_pil_pixels(p) for p in images)  # from the image headers, before decoding
+    total = sum(pil_pixels(p) for p in images)  # from the image headers, before decoding
     check_size(folder, total, max_voxels, f"slice folder ({len(images)} images)", "voxels")
     vol: np.ndarray | None = None
     for j, p in enumerate(images):
@@ -296,7 +287,7 @@ def _folder_volume(folder: Path, paths: list[Path], series_uid: str | None,
     kinds = set()
     for p in paths:
         try:
-            kinds.add(_kind(p) if p.stat().st_size > 0 else "empty")
+            kinds.add(file_kind(p) if p.stat().st_size > 0 else "empty")
         except (DataError, OSError):
             kinds.add("unreadable")
     if "dicom" in kinds:
@@ -451,20 +442,20 @@ def is_volume_input(path: str | Path) -> bool:
     """Whether ``path`` is a 3D scan: a folder, a zip, a 3D NIfTI / ``.npy`` or a multi-frame DICOM.
 
     Reads headers only; never raises (an unreadable file is not a volume; :func:`read_volume` or
-    :func:`~chestdx.data.read_image` then says what is wrong with it)."""
+    :func:`~chestdx.io.read_image` then says what is wrong with it)."""
     try:
         p = Path(path)
         if p.is_dir() or _is_zip(p):
             return True
-        kind = _kind(_open_checked(p))
+        kind = file_kind(open_checked(p))
         if kind == "nifti":
-            _, shape = _nifti_open(p)
+            _, shape = nifti_open(p)
             return len([s for s in shape if s != 1]) >= 3
         if kind == "npy":
-            return len(_npy_header(p)[0]) == 3
+            return len(npy_header(p)[0]) == 3
         if kind == "dicom":
-            ds = _dcmread(p, stop_before_pixels=True)
-            return (_tag_number(ds, p, "NumberOfFrames", 1, integer=True) or 1) > 1
+            ds = dcmread(p, stop_before_pixels=True)
+            return (tag_number(ds, p, "NumberOfFrames", 1, integer=True) or 1) > 1
     except Exception:  # noqa: BLE001 - DataError, OSError, ...: not a volume
         return False
     return False
@@ -486,13 +477,13 @@ def read_volume(path: str | Path, *, hu_window: tuple[float, float] | None = Non
             images, which are already in ``[0, 1]``).
         series_uid: the series to read from a folder holding several.
         max_unzipped_bytes: refuse zips that unpack to more (declared or actual); default
-            :data:`~chestdx.data.limits.MAX_UNZIPPED_BYTES` (1 GiB).
+            :data:`~chestdx.io.limits.MAX_UNZIPPED_BYTES` (1 GiB).
         max_voxels: refuse, before decoding, a volume that declares more voxels; default
-            :data:`~chestdx.data.limits.MAX_VOLUME_VOXELS` (128 Mi); None: no limit.
+            :data:`~chestdx.io.limits.MAX_VOLUME_VOXELS` (128 Mi); None: no limit.
         max_zip_members: refuse zips holding more files; default
-            :data:`~chestdx.data.limits.MAX_ZIP_MEMBERS` (4096).
+            :data:`~chestdx.io.limits.MAX_ZIP_MEMBERS` (4096).
         max_member_bytes: refuse zips with a member that unpacks to more; default
-            :data:`~chestdx.data.limits.MAX_ZIP_MEMBER_BYTES` (512 MiB).
+            :data:`~chestdx.io.limits.MAX_ZIP_MEMBER_BYTES` (512 MiB).
 
     Returns:
         ``(volume (D, H, W) float32, VolumeMeta)``.
@@ -515,26 +506,26 @@ def read_volume(path: str | Path, *, hu_window: tuple[float, float] | None = Non
         vol, meta = _zip_volume(p, series_uid, max_voxels, max_unzipped_bytes, max_zip_members, max_member_bytes,
                                 hu_window)
     else:
-        p = _open_checked(p)
-        kind = _kind(p)
+        p = open_checked(p)
+        kind = file_kind(p)
         if kind == "nifti":
             vol, spacing = _nifti_volume(p, max_voxels)
             meta = VolumeMeta(source=str(p), kind="nifti", spacing=spacing, files=[str(p)])
         elif kind == "npy":
             vol, meta = _npy_volume(p, max_voxels), VolumeMeta(source=str(p), kind="npy", files=[str(p)])
         elif kind == "dicom":
-            ds = _dcmread(p)
-            rows, cols, n, spp = _dicom_geometry(ds, p)
+            ds = dcmread(p)
+            rows, cols, n, spp = dicom_geometry(ds, p)
             check_size(p, rows * cols * n * spp, max_voxels, f"DICOM volume ({n} x {rows} x {cols} x {spp} "
                        "samples)", "voxels")
             vol = np.empty((n, rows, cols), np.float32)
             for i in range(n):  # one frame decoded at a time (pydicom >= 3)
-                vol[i] = _dicom_to_array(ds, p, hu_window, i, raw=False, max_pixels=max_voxels)
+                vol[i] = dicom_to_array(ds, p, hu_window, i, raw=False, max_pixels=max_voxels)
             meta = VolumeMeta(source=str(p), kind="dicom_multiframe", files=[str(p)])
         else:
             raise DataError(p, "is a single 2D image, not a volume (use read_image, or give a folder, "
                             "a zip, a NIfTI or a .npy volume)")
-    _check_array(p, vol, "volume", ndim=3)
+    check_array(p, vol, "volume", ndim=3)
     if hu_window is not None and meta.kind in ("nifti", "npy"):  # DICOM: windowed per slice above, as
         vol = apply_hu_window(vol, hu_window)  # read_image windows it; slice pictures carry no HU
     return vol.astype(np.float32, copy=False), meta
