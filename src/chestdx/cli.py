@@ -74,6 +74,41 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=_speed, metavar="MODE", help=_SPEED_HELP)
 
 
+def _accelerator(text: str) -> str:
+    """An argparse type: an accelerator name (engine/device.py), checked before torch loads."""
+    from chestdx.engine.device import parse_accelerator
+
+    try:
+        parse_accelerator(text)
+    except ChestdxError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--accelerator=", "")) from None
+    return text
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    """``--accelerator`` / ``--devices`` of a command that runs a trained model (one device)."""
+    g = p.add_argument_group("device (where the model runs)")
+    g.add_argument("--accelerator", default="auto", metavar="KIND", type=_accelerator,
+                   help="auto (CUDA where available, else the CPU) | cpu | cuda | gpu | mps | cuda:N")
+    g.add_argument("--devices", metavar="WHICH",
+                   help="which device of that kind: 1 = the first (default), or one index such as '1,' for the "
+                        "second GPU (inference runs on one device)")
+
+
+def _device(args: argparse.Namespace, training: bool = False) -> Any:
+    """The torch.device of ``--accelerator`` / ``--devices`` (engine/device.py), checked before any work.
+
+    ``training``: the flags are the training ones (``chestdx table``): ``--devices N`` is Lightning's
+    count of devices to train on, and the evaluations run on the first of them.
+    """
+    from chestdx.engine.device import resolve_device
+
+    devices = args.devices
+    if training and devices is not None and str(devices).strip().isdigit():
+        devices = None
+    return resolve_device(args.accelerator, devices)
+
+
 def _add_train_overrides(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe overrides")
     g.add_argument("--epochs", type=_positive(int), help="training epochs (trainer.epochs)")
@@ -142,7 +177,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from chestdx.config import load_recipe, recipe_names
 
     for name in recipe_names():
-        r = load_recipe(name)
+        r = load_recipe(name, parts=False)  # the listing needs no torch (tests validate them whole)
         print(f"{name:28s} {r.description}")
     return 0
 
@@ -169,8 +204,8 @@ def _train_folds(recipe: Any, args: argparse.Namespace) -> int:
     """Patient-grouped k-fold: one run per fold in ``OUT/fold<f>`` (fold f is the test split; 15% of
     the other folds' patients validate). Finished folds are kept; an interrupted one resumes."""
     from chestdx.data.splits import kfold_train_val_test
-    from chestdx.engine.datamodule import load_samples
     from chestdx.engine.train import train
+    from chestdx.tasks import load_samples
 
     samples = load_samples(args.data or [], recipe)
     folds = [args.fold] if args.fold is not None else list(range(args.folds))
@@ -191,10 +226,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     from chestdx.engine.ensemble import ensemble_runs
 
+    device = _device(args)
     params = json.loads(args.params) if args.params else None
     res = ensemble_runs(args.runs, args.data, split=args.split, out=args.out, procedure=args.procedure,
                         procedure_params=params, n_boot=args.n_boot, which=args.checkpoint,
-                        progress=_bars(args), speed=args.speed)
+                        progress=_bars(args), speed=args.speed, device=device)
     o = res["overall"]
     print(f"ensemble of {len(args.runs)} runs on {res['split']} ({res['n_images']} scans): "
           f"accuracy {o['accuracy']['value']:.4f} [{o['accuracy']['low']:.4f}, {o['accuracy']['high']:.4f}], "
@@ -208,13 +244,14 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from chestdx.evaluate.run import evaluate_run, metrics_report_markdown
 
+    device = _device(args)
     folds = sorted(Path(args.run).glob("fold*/recipe.yaml"))
     if not (Path(args.run) / "recipe.yaml").is_file() and folds:
         return _evaluate_folds(args, [f.parent for f in folds])
     res = evaluate_run(args.run, args.data, split=args.split, out=args.out, procedure=args.procedure,
                        aggregate=args.aggregate, n_boot=args.n_boot, which=args.checkpoint,
                        scan_aggregate=args.scan_aggregate, segmentation_sources=args.seg_data,
-                       progress=_bars(args), speed=args.speed, heatmaps=args.heatmap)
+                       progress=_bars(args), speed=args.speed, heatmaps=args.heatmap, device=device)
     print(metrics_report_markdown(res, f"{Path(args.run).name} on {args.split}"))
     return 0
 
@@ -229,7 +266,8 @@ def _evaluate_folds(args: argparse.Namespace, runs: list[Path]) -> int:
     per_site: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         res = evaluate_run(run, split=args.split, procedure=args.procedure, n_boot=args.n_boot,
-                           which=args.checkpoint, progress=_bars(args), speed=args.speed)
+                           which=args.checkpoint, progress=_bars(args), speed=args.speed,
+                           device=_device(args))
         for site, block in {**(res.get("sites") or {}), "all sites": res["overall"]}.items():
             per_site.setdefault(site, []).append(block)
     table = seed_table({Path(args.run).name: per_site}, metrics=("accuracy", "recall", "specificity", "f1", "auc"),
@@ -248,7 +286,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from chestdx.utils import atomic_open, to_json
 
     predictor = Predictor(args.model, which=args.checkpoint, procedure=args.procedure,
-                          lesion_score_threshold=args.lesion_threshold, speed=args.speed)
+                          lesion_score_threshold=args.lesion_threshold, speed=args.speed,
+                          device=_device(args))
     inputs = expand_inputs(args.inputs, scan_folders=args.scan_folders)
     errors: list[tuple[str, str]] = []
     lines = []
@@ -325,7 +364,7 @@ def _attention_overlay(predictor: Any, source: str, folder: Path, stem: str) -> 
     from chestdx.explain.localize import attention_heatmap
 
     x = predictor.preprocess(source)[None]
-    hm = attention_heatmap(predictor.model, x)[0].numpy()
+    hm = attention_heatmap(predictor.model, x.to(predictor.device))[0].cpu().numpy()
     img = x[0, 0].numpy()
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
     return str(save_png(overlay_heatmap(img, hm), folder / f"{stem}_attention.png"))
@@ -378,10 +417,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from chestdx.evaluate.table import run_table
 
+    device = _device(args, training=True)
     over = _overrides_from_args(args)
     table = run_table(args.recipes, args.data, args.out, seeds=args.seeds, overrides=over,
                       n_boot=args.n_boot, progress=_bars(args), folds=args.folds,
-                      metrics=tuple(args.metrics))
+                      metrics=tuple(args.metrics), device=device)
     print(table)
     return 0
 
@@ -390,7 +430,7 @@ def cmd_sweep_voting(args: argparse.Namespace) -> int:
     from chestdx.evaluate.voting_sweep import sweep_voting
 
     rows = sweep_voting(args.run, ks=args.k, thetas=args.theta, split=args.split, out=args.out, cell=args.cell,
-                        speed=args.speed)
+                        speed=args.speed, device=_device(args))
     print("| parameter | k | theta | site | accuracy | F1 |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['parameter']} | {r['k']} | {r['theta']:g} | {r['site']} | {100 * r['accuracy']:.2f} "
@@ -410,7 +450,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from chestdx.serve.predictor import Predictor
     from chestdx.serve.report import write_study_report
 
-    predictor = Predictor(args.model, procedure=args.procedure, speed=args.speed)
+    predictor = Predictor(args.model, procedure=args.procedure, speed=args.speed, device=_device(args))
     out = write_study_report(predictor, args.input, args.out, aggregate=args.scan_aggregate,
                              max_slices=args.max_slices, series_uid=args.series_uid)
     print(f"report: {out}")
@@ -425,7 +465,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           max_pixels=int(args.max_megapixels * 1e6) if args.max_megapixels else None,
           max_voxels=int(args.max_megavoxels * 1e6) if args.max_megavoxels else None,
           max_unzipped_mb=args.max_unzipped_mb, decode_timeout_s=args.decode_timeout,
-          header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, speed=args.speed)
+          header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, speed=args.speed,
+          device=_device(args))
     return 0
 
 
@@ -512,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default map is always scored): pointing game, energy, IoU / Dice, next to a centre prior "
                    "and the whole body")
     _add_speed(s)
+    _add_device(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="answer images and scans: JSON lines of class probabilities")
@@ -535,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
     _add_speed(s)
+    _add_device(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("ensemble", help="inter-model ensemble: average several runs' probabilities and score "
@@ -550,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
     _add_speed(s)
+    _add_device(s)
     s.set_defaults(func=cmd_ensemble)
 
     s = sub.add_parser("table", help="train recipes x seeds, evaluate per site, write a paper-style table")
@@ -588,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", help="which split to score")
     s.add_argument("--out", help="output folder (default RUN/voting-sweep)")
     _add_speed(s)
+    _add_device(s)
     s.set_defaults(func=cmd_sweep_voting)
 
     s = sub.add_parser("export", help="write a model bundle (weights, recipe, card) from a trained run")
@@ -607,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-slices", type=int, default=64, help="answer at most this many slices of a scan")
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
     _add_speed(s)
+    _add_device(s)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("serve", help="web service: POST /predict, GET /health, GET /model, a page at /")
@@ -630,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds the body may pause between chunks before a 408 (default %(default)s)")
     _add_speed(s)
+    _add_device(s)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="phantom -> train -> evaluate -> HTML report, on the CPU")
@@ -647,22 +694,36 @@ def _must_exist(paths: Sequence[str] | None, flag: str) -> None:
 
 
 def _precheck(args: argparse.Namespace) -> None:
-    """Check what can be checked without torch: recipe names, override keys and values, and the
-    paths given, so that a mistake is reported in well under 2 s (torch, Lightning and MONAI take
-    10 s and more to import on a small machine). Raises ChestdxError / ConfigError."""
+    """Check the recipes and paths before the command runs: first what needs no torch (recipe names,
+    override keys and values, the paths given), so that such a mistake is reported in well under 2 s
+    (torch, Lightning and MONAI take 10 s and more to import on a small machine); then the recipes'
+    parts against the registries (model / objective / mixing / inference names and ``params`` keys),
+    which imports torch and the model modules (a few seconds, not a training run). Raises
+    ChestdxError / ConfigError."""
     from chestdx.config import load_recipe
 
     cmd = args.command
     if cmd in ("train", "table"):
         over = _overrides_from_args(args)
-        if cmd == "train" and args.resume and (Path(args.out) / "recipe.yaml").is_file():
-            load_recipe(Path(args.out) / "recipe.yaml", over)
-        for name in ([args.recipe] if cmd == "train" else args.recipes):
-            load_recipe(name, over)
+        stored = Path(args.out) / "recipe.yaml"
+        stored_too = cmd == "train" and args.resume and stored.is_file()
+        names = [args.recipe] if cmd == "train" else args.recipes
+        # first what needs no torch (the recipes' schema, the paths), then the recipes' parts against
+        # the registries (names, params keys), which import the model / objective / mixing modules
+        for name in ([stored] if stored_too else []) + names:
+            load_recipe(name, over, parts=False)
         if cmd == "train" and not args.data and not args.resume:
             raise ChestdxError("--data is required (one folder / CSV / label file per site), unless --resume "
                                "continues a run with its own samples.csv")
         _must_exist(args.data, "--data")
+        if stored_too:
+            load_recipe(stored, over)
+        if cmd == "table":
+            from chestdx.evaluate.table import load_rows
+
+            load_rows(names, over)  # an inference.params override goes to the rows that take it
+        else:
+            load_recipe(args.recipe, over)
     elif cmd in ("evaluate", "sweep-voting", "export"):
         _must_exist([args.run], "RUN")
         _must_exist(getattr(args, "data", None), "--data")

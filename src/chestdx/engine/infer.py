@@ -10,7 +10,7 @@ bf16 / fp16 autocast, float32 outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from chestdx.errors import ConfigError
-from chestdx.models import ChestModel
+from chestdx.explain.voting import cam_voting
+from chestdx.models.base import ChestModel
+from chestdx.registry import Registry
 
 
 @dataclass
@@ -34,40 +36,35 @@ class InferenceResult:
     output: Any = None
 
 
-_PROCEDURES: dict[str, Callable[..., InferenceResult]] = {}
-
-
-def register_procedure(name: str) -> Callable[[Callable[..., InferenceResult]], Callable[..., InferenceResult]]:
-    def deco(fn: Callable[..., InferenceResult]) -> Callable[..., InferenceResult]:
-        _PROCEDURES[name] = fn
-        return fn
-
-    return deco
+PROCEDURES = Registry("inference procedure", fixed=("model", "images"))
+"""A recipe's ``inference.name`` -> ``procedure(model, images, **params) -> InferenceResult``; the
+recipe's ``inference.params`` are checked against the procedure's keywords when the recipe loads."""
 
 
 def procedure_names() -> list[str]:
-    return sorted(_PROCEDURES)
+    """Every registered inference procedure, sorted."""
+    return PROCEDURES.names()
 
 
-@register_procedure("plain")
-def plain(model: ChestModel, images: Tensor, **_ignored: Any) -> InferenceResult:
-    """One forward pass, softmax. Parameters of other procedures are ignored (a table may set
-    ``inference.params`` for all its rows, voting and plain alike)."""
+@PROCEDURES.register("plain")
+def plain(model: ChestModel, images: Tensor) -> InferenceResult:
+    """One forward pass, softmax; no params (a table's ``inference.params`` override goes only to the
+    rows whose procedure takes it: :func:`chestdx.evaluate.table.row_overrides`)."""
     with torch.no_grad():
         out = model(images)
     return InferenceResult(out.probs, output=out)
 
 
-@register_procedure("cam_voting")
-def cam_voting_procedure(model: ChestModel, images: Tensor, **params: Any) -> InferenceResult:
+@PROCEDURES.register("cam_voting", accepts=cam_voting)
+def cam_voting_procedure(model: ChestModel, images: Tensor, **voting: Any) -> InferenceResult:
     """CAM-directed test-time voting (cam-snapmix paper, Sec. 3.3): the label may flip.
 
-    The flipped image's probabilities are mirrored (p -> 1 - p for the binary task) so that the
-    argmax is the voted label while AUC still sees a graded score.
+    ``voting``: the keywords of :func:`~chestdx.explain.voting.cam_voting` (k, theta, cell, chunk,
+    positive, fill; checked against its signature when the recipe loads). The flipped image's
+    probabilities are mirrored (p -> 1 - p for the binary task) so that the argmax is the voted label
+    while AUC still sees a graded score.
     """
-    from chestdx.explain.voting import cam_voting
-
-    res = cam_voting(model, images, **params)
+    res = cam_voting(model, images, **voting)
     out = res.output  # the whole images' forward pass of the vote (no second one)
     if out is None:
         with torch.no_grad():
@@ -83,23 +80,70 @@ def cam_voting_procedure(model: ChestModel, images: Tensor, **params: Any) -> In
                            output=out)
 
 
-def run_procedure(name: str, params: dict[str, Any], model: ChestModel, images: Tensor) -> InferenceResult:
-    """Apply the named procedure.
+@PROCEDURES.register("intra_ensemble")
+def intra_ensemble(model: ChestModel, images: Tensor, views: int = 3, depth: int | None = None,
+                   crop_scale: Sequence[float] = (0.8, 1.0), brightness: float = 0.1, contrast: float = 0.1,
+                   seed: int = 0) -> InferenceResult:
+    """Intra-model ensemble of CMC-COV19D (Sec. 3.4.2): mean softmax over ``views`` augmented views
+    of every volume (the paper's ``t = 3``), the training augmentations of Sec. 3.2 drawn from a fixed
+    seed so that an evaluation is repeatable.
+
+    Args:
+        model: a 3D model; images: ``(B, C, D, H, W)`` in ``[0, 1]``.
+        views: t.
+        depth: ``d`` of the random depth crop (None: all slices).
+        crop_scale, brightness, contrast: as in training (:func:`~chestdx.data.volume_augment.cmc_augment`).
+        seed: seed of the views (the same seed gives the same views).
+
+    Returns:
+        ``probs (B, K)`` the mean; details ``view_std (B,)``, the spread of the predicted class's
+        probability over the views.
 
     Raises:
-        ConfigError: unknown procedure.
+        ConfigError: inputs that are not volumes, or ``views < 1``.
     """
-    if name not in _PROCEDURES:
-        raise ConfigError(f"unknown inference procedure '{name}'; choose one of {procedure_names()}")
-    return _PROCEDURES[name](model, images, **params)
+    from chestdx.data.volume_augment import cmc_augment
+
+    if images.ndim != 5:
+        raise ConfigError(f"inference 'intra_ensemble' needs volumes (B, C, D, H, W); got {tuple(images.shape)}")
+    if int(views) < 1:
+        raise ConfigError(f"intra_ensemble: views must be >= 1, got {views}")
+    gen = torch.Generator().manual_seed(int(seed))
+    all_probs = []
+    with torch.no_grad():
+        for _ in range(int(views)):
+            v = cmc_augment(images, depth, crop_scale, brightness, contrast, generator=gen)
+            all_probs.append(model(v).probs)
+    stack = torch.stack(all_probs)  # (t, B, K)
+    mean = stack.mean(dim=0)
+    pred = mean.argmax(dim=1)
+    spread = stack.gather(2, pred[None, :, None].expand(stack.shape[0], -1, 1))[..., 0].std(dim=0, unbiased=False)
+    return InferenceResult(mean, {"view_std": spread})
+
+
+def run_procedure(name: str, params: Mapping[str, Any], model: ChestModel, images: Tensor,
+                  where: str = "inference") -> InferenceResult:
+    """Apply the named procedure to ``images`` (``(B, C, H, W)``, volumes ``(B, C, D, H, W)``).
+
+    Raises:
+        ConfigError: unknown procedure, or a ``params`` key it does not take (with did-you-mean),
+            named as set at ``where``.
+    """
+    procedure = PROCEDURES.check(name, params, where).factory
+    result: InferenceResult = procedure(model, images, **params)
+    return result
 
 
 def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plain",
                    params: dict[str, Any] | None = None, progress: bool = False,
-                   speed: Any = None) -> dict[str, np.ndarray]:
+                   speed: Any = None, device: Any = None) -> dict[str, np.ndarray]:
     """Run a procedure over a loader of dataset items.
 
     Args:
+        device: where to run: a :class:`torch.device` or an accelerator (``cpu``, ``cuda``,
+            ``auto``, ...; :func:`chestdx.engine.device.resolve_device`); the model is moved there
+            (and stays). None: where the model already is. Each batch's ``image`` goes to the
+            model's device; the results come back to the CPU.
         speed: execution mode setting (``auto``, ``fp32``, ``channels_last+bf16``, ...; see
             :mod:`chestdx.engine.precision`), an :class:`~chestdx.engine.precision.ExecMode` or an
             :class:`~chestdx.engine.precision.InferenceSpeed` (its ``modes`` then say what was
@@ -109,25 +153,30 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
     Returns:
         ``probs (N, K)``, ``label (N,)``, ``site (N,)``, ``index (N,)`` and any per-image details,
         as numpy arrays in loader order.
+
+    Raises:
+        ConfigError: a device this machine does not have.
     """
+    from chestdx.engine.device import model_device, resolve_device
     from chestdx.engine.precision import InferenceSpeed, running, to_mode_input
 
+    if device is not None:
+        model.to(resolve_device(device, flag="device"))
     model.eval()
+    on = model_device(model)
     cols: dict[str, list[np.ndarray]] = {}
     it: Any = loader
     if progress:
         from tqdm import tqdm
 
         it = tqdm(loader, desc=f"predict ({procedure})", unit="batch")
-    param = next(model.parameters(), None)
-    control = speed if isinstance(speed, InferenceSpeed) else InferenceSpeed(
-        model, speed, param.device if param is not None else "cpu")
+    control = speed if isinstance(speed, InferenceSpeed) else InferenceSpeed(model, speed, on)
     mode = None
     for batch in it:
         if mode is None:
             mode = control.mode_for(batch["image"].shape)
         with running(model, mode, control.device):
-            res = run_procedure(procedure, params or {}, model, to_mode_input(batch["image"], mode))
+            res = run_procedure(procedure, params or {}, model, to_mode_input(batch["image"].to(on), mode))
         cols.setdefault("probs", []).append(res.probs.float().cpu().numpy())
         for key in ("label", "site", "index"):
             cols.setdefault(key, []).append(batch[key].cpu().numpy())
@@ -135,5 +184,3 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
             cols.setdefault(key, []).append(v.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in cols.items()}
 
-
-from chestdx.engine import ensemble as _ensemble  # noqa: E402, F401  (registers intra_ensemble)

@@ -152,25 +152,33 @@ class Run:
             raise RunError(f"{self.path}: samples.csv missing; pass --data to say which images to use")
         return read_samples(p)
 
-    def load_task(self, which: str = "best", map_location: str = "cpu", ckpt: dict[str, Any] | None = None) -> Any:
+    def load_task(self, which: str = "best", device: Any = "cpu", ckpt: dict[str, Any] | None = None) -> Any:
         """The trained :class:`~chestdx.engine.task.ChestTask` in eval mode (from ``ckpt`` when the
         caller has already read the checkpoint, with :func:`~chestdx.engine.checkpointing.read_checkpoint`).
+
+        Args:
+            device: where the task goes: a :class:`torch.device` or an accelerator (``cpu``,
+                ``cuda``, ``auto``, ...; :func:`chestdx.engine.device.resolve_device`). The
+                checkpoint is always read onto the CPU, then the weights are moved.
 
         Raises:
             RunError: no checkpoint, or one that holds non-tensor objects (refused unread: loading it
                 could run code) or is damaged.
+            ConfigError: a device this machine does not have.
         """
         from chestdx.engine.checkpointing import read_checkpoint
+        from chestdx.engine.device import resolve_device
         from chestdx.engine.task import ChestTask
 
+        dev = resolve_device(device, flag="device")
         if ckpt is None:
-            ckpt = read_checkpoint(self.checkpoint(which), map_location=map_location)
+            ckpt = read_checkpoint(self.checkpoint(which), map_location="cpu")
         hp = ckpt.get("hyper_parameters", {})
         task = ChestTask(self.recipe, hp.get("class_counts"), hp.get("in_chans", 1))
         task.load_state_dict(ckpt["state_dict"])
         task.eval()
-        return task
+        return task if dev.type == "cpu" else task.to(dev)
 
-    def load_model(self, which: str = "best") -> Any:
-        """The trained :class:`~chestdx.models.ChestModel` in eval mode."""
-        return self.load_task(which).model
+    def load_model(self, which: str = "best", device: Any = "cpu") -> Any:
+        """The trained :class:`~chestdx.models.ChestModel` in eval mode, on ``device`` (see :meth:`load_task`)."""
+        return self.load_task(which, device=device).model

@@ -70,6 +70,7 @@ def score_heatmaps(model: Any, loader: Any, samples: Sequence[Any], kinds: Seque
         ci_high}}}, "references": {name: ...}, "unavailable": {kind: reason}, "per_image": [...]}``;
         ``n_images`` 0 when no image has a lesion.
     """
+    from chestdx.engine.device import model_device
     from chestdx.explain.heatmap import heatmap
 
     model.eval()
@@ -83,7 +84,7 @@ def score_heatmaps(model: Any, loader: Any, samples: Sequence[Any], kinds: Seque
         keep = batch["has_mask"].bool() & (batch["lesion"].flatten(1).sum(1) > 0)
         if not keep.any():
             continue
-        images = batch["image"][keep]
+        images = batch["image"][keep].to(model_device(model))  # the model's device (--accelerator)
         truth = batch["lesion"][keep][:, 0].cpu().numpy() > 0.5
         shape = (int(truth.shape[-2]), int(truth.shape[-1]))
         with torch.no_grad():

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from chestdx.data.datasets import SliceDataset
+from chestdx.engine.device import model_device
 from chestdx.engine.run import Run
 from chestdx.errors import ConfigError, DatasetError
 from chestdx.explain.voting import binary_votes, cam_voting
@@ -50,17 +51,18 @@ PAPER_THETAS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 def sweep_voting(run: Run | str | Path, ks: Sequence[int] = PAPER_KS,
                  thetas: Sequence[float] = PAPER_THETAS, split: str = "test",
                  out: str | Path | None = None, cell: int | None = None,
-                 speed: str | None = None) -> list[dict[str, Any]]:
+                 speed: str | None = None, device: Any = "cpu") -> list[dict[str, Any]]:
     """Accuracy and F1 (positive class) of the voted labels for each k and each theta, per site.
 
     ``speed``: execution mode setting (see :mod:`chestdx.engine.precision`); default the recipe's
-    ``inference.speed``.
+    ``inference.speed``. ``device``: where the model runs (a :class:`torch.device` or an
+    accelerator, :func:`chestdx.engine.device.resolve_device`).
 
     Returns:
         the rows written to ``voting_sweep.csv``; ``k = 0`` / the first row is the unvoted model.
 
     Raises:
-        ConfigError: not a binary task.
+        ConfigError: not a binary task, or a device this machine does not have.
         DatasetError: empty split.
     """
     run = run if isinstance(run, Run) else Run(run)
@@ -72,18 +74,19 @@ def sweep_voting(run: Run | str | Path, ks: Sequence[int] = PAPER_KS,
     samples = [s for s in run.samples() if s.split == split]
     if not samples:
         raise DatasetError(f"{run.path}: no '{split}' images")
-    model = run.load_model()
+    model = run.load_model(device=device)
+    on = model_device(model)
     ds = SliceDataset(samples, run.recipe.data, train=False, site_names=run.site_names or None, cache=False)
     k_max = max([*ks, k_ref])
     p0, pc, ys, sites = [], [], [], []
     from chestdx.engine.precision import InferenceSpeed
 
-    control = InferenceSpeed(model, speed or run.recipe.inference.speed)
+    control = InferenceSpeed(model, speed or run.recipe.inference.speed, on)
     for batch in DataLoader(ds, batch_size=16):
-        with control.run(batch["image"]) as images:
+        with control.run(batch["image"].to(on)) as images:
             res = cam_voting(model, images, k=k_max, theta=theta_ref, cell=cell)
-        p0.append(res.original_prob)
-        pc.append(res.probs)
+        p0.append(res.original_prob.cpu())
+        pc.append(res.probs.cpu())
         ys.append(batch["label"])
         sites.append(batch["site"])
     p_orig, p_copies = torch.cat(p0), torch.cat(pc)

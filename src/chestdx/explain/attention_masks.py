@@ -134,6 +134,7 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
         "per_image": [{"index", "iou", "dice", "box_iou"}]}``; ``n_images`` 0 (and NaN figures) when
         no image has a lesion mask or the model gives no attention.
     """
+    from chestdx.engine.device import model_device
     from chestdx.evaluate.plots import save_png
     from chestdx.explain.localize import attention_heatmap, box_mask, mask_box
 
@@ -145,7 +146,7 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
         keep = batch["has_mask"].bool() & (batch["lesion"].flatten(1).sum(1) > 0)
         if not keep.any():
             continue
-        images = batch["image"][keep]
+        images = batch["image"][keep].to(model_device(model))  # the model's device (--accelerator)
         with torch.no_grad():
             out = model(images)
         if has_attention_maps(out.maps):
@@ -167,7 +168,7 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
                      for m in (masks[j], truth[j])]
             rows.append({"index": int(idx), "iou": iou, "dice": dice, "box_iou": mask_iou(*boxes)})
             if overlays_dir is not None and written < max_overlays:
-                img = images[j, 0].numpy()
+                img = images[j, 0].cpu().numpy()
                 panel = np.concatenate([mask_overlay(img, heat[j], masks[j]),
                                         mask_overlay(img, heat[j], truth[j], alpha=0.0)], axis=1)
                 save_png(panel, Path(overlays_dir) / f"attention_{int(idx):05d}.png")

@@ -359,7 +359,7 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
             log.exception("reading upload %s failed", name)
             raise HTTPException(400, f"{name}: cannot read ({type(e).__name__}: {str(e)[:200]})") from None
         try:
-            per_slice = predictor.recipe.task in ("slice", "cxr", "lesion")  # 2D models: shared passes
+            per_slice = predictor.task.per_slice  # 2D models: shared passes
             if per_slice and study.kind == "image":
                 x = await loop.run_in_executor(None, predictor.preprocess_array, study.array, name)
                 preds = await asyncio.wrap_future(batcher.submit(x[None], [name], heatmap))
@@ -394,21 +394,23 @@ def _safe_name(filename: str | None) -> str:
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, header_timeout_s: float = 10.0,
-          keepalive_s: float = 5.0, speed: str | None = None, **kwargs: Any) -> None:
+          keepalive_s: float = 5.0, speed: str | None = None, device: Any = "cpu", **kwargs: Any) -> None:
     """Load the model and run the service with uvicorn until interrupted.
 
     Connections that send no complete request head within ``header_timeout_s`` (idle, or trickling
     their headers) are closed, and so are keep-alive connections idle for ``keepalive_s``.
     ``speed``: execution mode setting (default the recipe's ``inference.speed``; see
     :mod:`chestdx.engine.precision`), resolved before the service starts (``auto`` measures once per
-    machine), for single images and for batches of ``max_batch``.
+    machine), for single images and for batches of ``max_batch``. ``device``: where the model runs
+    (a :class:`torch.device` or an accelerator, :func:`chestdx.engine.device.resolve_device`).
     """
     import uvicorn
 
     from chestdx.serve.predictor import Predictor
 
-    predictor = Predictor(model_path, speed=speed)
-    log.info("execution modes: %s", predictor.resolve_speed((1, int(kwargs.get("max_batch", 16)))))
+    predictor = Predictor(model_path, speed=speed, device=device)
+    log.info("device %s, execution modes: %s", predictor.device,
+             predictor.resolve_speed((1, int(kwargs.get("max_batch", 16)))))
     app = create_app(predictor, **kwargs)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", http=header_timeout_protocol(header_timeout_s),
                             timeout_keep_alive=int(max(1, keepalive_s)), h11_max_incomplete_event_size=64 * 1024)
