@@ -12,7 +12,7 @@ from PIL import Image
 
 import chestdx.data.volume_dataset as vd
 from chestdx.config import DataConfig, load_recipe
-from chestdx.data.layouts import Sample
+from chestdx.data.layouts import Sample, from_scan_folders, load_volume_source
 from chestdx.errors import DatasetError
 from chestdx.io import read_volume
 from tests.dicom_utils import write_series
@@ -68,13 +68,13 @@ def test_scan_folder_layout_cov19_ct_db(tmp_path):
         d.mkdir(parents=True)
         for k in (0, 1, 2, 10):
             Image.fromarray(np.full((8, 8), 20 * k, np.uint8)).save(d / f"{k}.jpg")
-    samples = vd.load_volume_source(tmp_path, ["noncovid", "covid"])
+    samples = load_volume_source(tmp_path, ["noncovid", "covid"])
     got = sorted((s.split, s.label, s.patient_id) for s in samples)
     assert got == [("train", 0, "ct_scan_3"), ("train", 1, "ct_scan_0"), ("val", 1, "ct_scan_7")]
     vol, meta = read_volume(samples[0].path)
     assert vol.shape == (4, 8, 8) and meta.kind == "slices"
     with pytest.raises(DatasetError, match="class folders"):
-        vd.from_scan_folders(tmp_path / "train" / "covid", ["noncovid", "covid"])
+        from_scan_folders(tmp_path / "train" / "covid", ["noncovid", "covid"])
 
 
 def test_phantom_volumes_read_back_with_masks(tmp_path):

@@ -41,7 +41,8 @@ def load_samples(sources: Sequence[str | Path], recipe: Recipe, check: bool = Tr
     if not sources:
         raise DatasetError("no data given: pass --data FOLDER_OR_CSV (one per site)")
     if recipe.task == "volume":
-        from chestdx.data.volume_dataset import check_volume_samples, load_volume_sources
+        from chestdx.data.layouts import load_volume_sources
+        from chestdx.data.volume_dataset import check_volume_samples
 
         samples = load_volume_sources([str(s) for s in sources], tuple(recipe.data.class_names))
     else:

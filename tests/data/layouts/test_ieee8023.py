@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from chestdx.data.ieee8023 import finding_category, from_ieee8023, is_ieee8023_csv
 from chestdx.data.layouts import load_source
+from chestdx.data.layouts.ieee8023 import finding_category, from_ieee8023, is_ieee8023_csv
 from chestdx.errors import DatasetError
 
 META = """patientid,offset,finding,view,modality,folder,filename

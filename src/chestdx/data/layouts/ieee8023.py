@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from chestdx.data.layouts import Sample, read_csv_rows, resolve_label
+from chestdx.data.layouts.base import Sample, read_csv_rows, resolve_label
 from chestdx.errors import DataError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def from_ieee8023(csv_path: str | Path, class_names: Sequence[str], site: str | 
         views: accepted views (normalised: lower case, letters only).
 
     Returns:
-        One :class:`~chestdx.data.layouts.Sample` per kept row, in file order.
+        One :class:`~chestdx.data.layouts.base.Sample` per kept row, in file order.
 
     Raises:
         DatasetError: unreadable file, missing columns, no row left, or rows without an image path
