@@ -68,3 +68,31 @@ def test_factory_value_errors_become_config_errors():
     reg.register("bad", lambda alpha=1.0: (_ for _ in ()).throw(ValueError("alpha must be > 0")))
     with pytest.raises(ConfigError, match="mixing 'bad': bad params {'alpha': -1}: alpha must be > 0"):
         reg.build("bad", params={"alpha": -1})
+
+
+def test_problems_lists_every_problem_without_raising():
+    reg = _reg()
+    assert reg.problems("focal", {"gamma": 1.0}) == []
+    assert reg.problems("focl", {}, where="objectives[0]") == [
+        (None, "objectives[0]: unknown objective 'focl'; did you mean 'focal'?; choose one of focal, supcon")]
+    found = reg.problems("supcon", {"temp": 0.1, "gama": 1}, where="objectives[2]")
+    assert [k for k, _ in found] == ["gama", "temp", "temperature"]  # unknown keys, then the missing one
+    assert found[2][1] == "objectives[2].params.temperature: objective 'supcon' needs this parameter"
+
+
+def test_an_engine_supplied_argument_goes_only_to_a_factory_that_names_it():
+    reg = Registry("objective", fixed=("num_classes", "class_counts"))
+
+    class NoCounts:
+        def __init__(self, num_classes: int, temperature: float = 0.1):
+            self.args = (num_classes, temperature)
+
+    reg.register("nocounts", NoCounts)
+    reg.register("counts", lambda num_classes, class_counts=None: (num_classes, class_counts))
+    reg.register("any", lambda **kw: kw, keys=())
+    assert reg.build("nocounts", num_classes=3, class_counts=[1, 2, 3], params={"temperature": 0.5}).args == (3, 0.5)
+    assert reg.build("counts", num_classes=3, class_counts=[1, 2, 3]) == (3, [1, 2, 3])
+    assert reg.build("any", num_classes=3, class_counts=None) == {"num_classes": 3, "class_counts": None}
+    # a keyword that is not engine-supplied is passed as given (and refused by the factory)
+    with pytest.raises(ConfigError, match="bad params"):
+        reg.build("nocounts", num_classes=3, extra=1)

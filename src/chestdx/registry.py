@@ -15,9 +15,11 @@ loads, not after hours of training::
 
 ``accepts`` names the callable whose keyword parameters are the ``params`` a recipe may set (the
 factory itself by default; a class when the factory passes ``params`` on to its constructor);
-``fixed`` names the parameters the engine supplies itself (never a recipe key). A factory whose
-accepted callable takes ``**kwargs`` must say which keys it reads with ``keys=``: a registry never
-swallows an unknown key.
+``fixed`` names the parameters the engine supplies itself (never a recipe key); :meth:`Registry.build`
+passes an engine-supplied keyword only to a factory that names it (an objective that needs no class
+counts does not declare ``class_counts``), so a class can be registered as its own factory. A factory
+whose accepted callable takes ``**kwargs`` must say which keys it reads with ``keys=``: a registry
+never swallows an unknown key.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Entry:
     accepted: frozenset[str]
     required: frozenset[str]
     origin: str
+    # the factory's own keyword parameters (None: it takes **kwargs, so every engine-supplied one)
+    takes: frozenset[str] | None = None
 
     def describe(self) -> str:
         doc = inspect.getdoc(self.factory) or ""
@@ -122,7 +126,8 @@ class Registry(Generic[F]):
             elif var_kw:
                 raise RegistryError(f"{self.kind} '{name}': {_origin(target)} takes **kwargs; register it with "
                                     "keys=(...) naming the params it reads")
-            self._entries[name] = Entry(name, fn, accepted, required, _origin(fn))
+            own, _, own_var_kw = _signature_keys(fn, ())
+            self._entries[name] = Entry(name, fn, accepted, required, _origin(fn), None if own_var_kw else own)
             return fn
 
         return deco(factory) if factory is not None else deco
@@ -149,9 +154,12 @@ class Registry(Generic[F]):
         try:
             return self._entries[name]
         except KeyError:
-            at = f"{where}: " if where else ""
-            raise ConfigError(f"{at}unknown {self.kind} '{name}'{did_you_mean(str(name), self._entries)}; "
-                              f"choose one of {', '.join(self.names())}") from None
+            raise ConfigError(self._unknown(name, where)) from None
+
+    def _unknown(self, name: object, where: str) -> str:
+        at = f"{where}: " if where else ""
+        return (f"{at}unknown {self.kind} '{name}'{did_you_mean(str(name), self._entries)}; "
+                f"choose one of {', '.join(self.names())}")
 
     def get(self, name: str, where: str = "") -> Callable[..., Any]:
         """The factory of ``name`` (ConfigError when unknown)."""
@@ -168,28 +176,41 @@ class Registry(Generic[F]):
                 keys), or a required key missing.
         """
         e = self.entry(name, where)
+        found = self.problems(name, params, where)
+        if found:
+            raise ConfigError("\n".join(msg for _, msg in found))
+        return e
+
+    def problems(self, name: str, params: Mapping[str, Any] | None = None,
+                 where: str = "") -> list[tuple[str | None, str]]:
+        """Every problem :meth:`check` would report, without raising: ``(key, message)`` pairs, ``key``
+        the ``params`` key at fault or None for an unknown name (then the only problem)."""
+        if name not in self._entries:
+            return [(None, self._unknown(name, where))]
+        e = self._entries[name]
         params = dict(params or {})
         at = f"{where}." if where else ""
-        problems = []
-        for k in sorted(set(params) - e.accepted):
+        found: list[tuple[str | None, str]] = []
+        for k in sorted(set(params) - e.accepted, key=str):
             accepted = ", ".join(sorted(e.accepted)) or "none"
-            problems.append(f"{at}params.{k}: {self.kind} '{name}' has no parameter '{k}'"
-                            f"{did_you_mean(k, e.accepted)} (it accepts: {accepted})")
+            found.append((k, f"{at}params.{k}: {self.kind} '{name}' has no parameter '{k}'"
+                             f"{did_you_mean(str(k), e.accepted)} (it accepts: {accepted})"))
         for k in sorted(e.required - set(params)):
-            problems.append(f"{at}params.{k}: {self.kind} '{name}' needs this parameter")
-        if problems:
-            raise ConfigError("\n".join(problems))
-        return e
+            found.append((k, f"{at}params.{k}: {self.kind} '{name}' needs this parameter"))
+        return found
 
     def build(self, name: str, *args: Any, params: Mapping[str, Any] | None = None, where: str = "",
               **fixed: Any) -> Any:
-        """``factory(*args, **fixed, **params)`` after :meth:`check`.
+        """``factory(*args, **fixed, **params)`` after :meth:`check`; an engine-supplied keyword (one of
+        the registry's ``fixed`` names) goes only to a factory that names it or takes ``**kwargs``.
 
         Raises:
             ConfigError: as :meth:`check`, or the factory rejected a value (``TypeError`` /
                 ``ValueError``), with the name and the params in the message.
         """
         e = self.check(name, params, where)
+        if e.takes is not None:
+            fixed = {k: v for k, v in fixed.items() if k in e.takes or k not in self.fixed}
         try:
             return e.factory(*args, **fixed, **dict(params or {}))
         except (TypeError, ValueError) as err:

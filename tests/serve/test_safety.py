@@ -83,19 +83,19 @@ def test_bundle_pointing_at_a_pickle_outside_itself_is_refused_unpickled(bundle,
 
 
 def test_encoder_checkpoint_is_read_weights_only(tmp_path):
-    from chestdx.models.sequence import load_encoder
+    from chestdx.models.sequence import encoder_description
 
     marker = tmp_path / "MARKER"
     evil = _evil_checkpoint(tmp_path / "enc.ckpt", marker)
     with pytest.raises(RunError, match="refused"):
-        load_encoder(str(evil))
+        encoder_description(str(evil))
     assert not marker.exists()
     torch.save([1, 2], tmp_path / "list.ckpt")
     with pytest.raises(RunError, match="not a chestdx checkpoint"):
-        load_encoder(str(tmp_path / "list.ckpt"))
+        encoder_description(str(tmp_path / "list.ckpt"))
     (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 100)
     with pytest.raises(RunError, match="not a readable checkpoint"):
-        load_encoder(str(tmp_path / "junk.ckpt"))
+        encoder_description(str(tmp_path / "junk.ckpt"))
 
 
 def test_export_refuses_a_pickled_checkpoint(tiny_run, tmp_path):

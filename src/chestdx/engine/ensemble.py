@@ -1,8 +1,8 @@
 """Ensembles of CMC-COV19D (cmc-cov19d-3d-contrastive-mixup.txt, Sec. 3.4.2).
 
-- **Intra-model**: the ``intra_ensemble`` inference procedure averages one model's softmax outputs
-  on ``t = 3`` augmented views of each volume (the training augmentations of Sec. 3.2, drawn from a
-  fixed seed so an evaluation is repeatable).
+- **Intra-model**: the ``intra_ensemble`` inference procedure (:func:`chestdx.engine.infer.intra_ensemble`)
+  averages one model's softmax outputs on ``t = 3`` augmented views of each volume (the training
+  augmentations of Sec. 3.2, drawn from a fixed seed so an evaluation is repeatable).
 - **Inter-model**: :func:`ensemble_runs` (``chestdx ensemble RUN... --data ...``) averages the
   probabilities of several trained runs on the same scans (the paper's "average operation"; Model5
   is the ensemble of Model1, Model3 and Model4) and scores the average like ``chestdx evaluate``.
@@ -15,72 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 from torch.utils.data import DataLoader
 
-from chestdx.engine.infer import InferenceResult, predict_loader, register_procedure
+from chestdx.engine.infer import predict_loader
 from chestdx.errors import ConfigError, DatasetError
-from chestdx.models import ChestModel
 
-__all__ = ["ensemble_runs", "intra_ensemble"]
-
-
-@register_procedure("intra_ensemble")
-def intra_ensemble(model: ChestModel, images: Tensor, views: int = 3, depth: int | None = None,
-                   crop_scale: Sequence[float] = (0.8, 1.0), brightness: float = 0.1, contrast: float = 0.1,
-                   seed: int = 0, **_ignored: Any) -> InferenceResult:
-    """Mean softmax over ``views`` augmented views of every volume (the paper's ``t = 3``).
-
-    Args:
-        model: a 3D model; images: ``(B, C, D, H, W)`` in ``[0, 1]``.
-        views: t.
-        depth: ``d`` of the random depth crop (None: all slices).
-        crop_scale, brightness, contrast: as in training (:func:`~chestdx.data.volume_augment.cmc_augment`).
-        seed: seed of the views (the same seed gives the same views).
-
-    Returns:
-        ``probs (B, K)`` the mean; details ``view_std (B,)``, the spread of the predicted class's
-        probability over the views.
-
-    Raises:
-        ConfigError: inputs that are not volumes, or ``views < 1``.
-    """
-    from chestdx.data.volume_augment import cmc_augment
-
-    if images.ndim != 5:
-        raise ConfigError(f"inference 'intra_ensemble' needs volumes (B, C, D, H, W); got {tuple(images.shape)}")
-    if int(views) < 1:
-        raise ConfigError(f"intra_ensemble: views must be >= 1, got {views}")
-    gen = torch.Generator().manual_seed(int(seed))
-    all_probs = []
-    with torch.no_grad():
-        for _ in range(int(views)):
-            v = cmc_augment(images, depth, crop_scale, brightness, contrast, generator=gen)
-            all_probs.append(model(v).probs)
-    stack = torch.stack(all_probs)  # (t, B, K)
-    mean = stack.mean(dim=0)
-    pred = mean.argmax(dim=1)
-    spread = stack.gather(2, pred[None, :, None].expand(stack.shape[0], -1, 1))[..., 0].std(dim=0, unbiased=False)
-    return InferenceResult(mean, {"view_std": spread})
-
-
-def _eval_dataset(recipe: Any, samples: Sequence[Any], site_names: Sequence[str] | None) -> Any:
-    if recipe.task == "volume":
-        from chestdx.data.volume_dataset import VolumeDataset
-
-        return VolumeDataset(samples, recipe.data, site_names=site_names or None)
-    if recipe.task == "sequence":
-        raise ConfigError("chestdx ensemble: sequence runs are not supported (score them with evaluate)")
-    from chestdx.data.datasets import SliceDataset
-
-    return SliceDataset(samples, recipe.data, train=False, site_names=site_names or None, cache=False)
+__all__ = ["ensemble_runs"]
 
 
 def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | None = None, split: str = "test",
                   out: str | Path | None = None, *, procedure: str | None = None,
                   procedure_params: dict[str, Any] | None = None, n_boot: int = 1000,
-                  which: str = "best", progress: bool = False, speed: str | None = None) -> dict[str, Any]:
+                  which: str = "best", progress: bool = False, speed: str | None = None,
+                  device: Any = "cpu") -> dict[str, Any]:
     """Inter-model ensemble: average the probabilities of several runs on one split and score it.
 
     Each run answers with its own preprocessing and its own inference procedure (``procedure``
@@ -95,6 +42,8 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
             ``metrics.md``, ``predictions.csv``.
         speed: execution mode setting for every run (see :mod:`chestdx.engine.precision`); default
             each run's own ``inference.speed``.
+        device: where every run's model runs (a :class:`torch.device` or an accelerator,
+            :func:`chestdx.engine.device.resolve_device`).
 
     Returns:
         the metrics of the ensemble (``overall``, per site) with ``members``: each run's accuracy
@@ -104,10 +53,10 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
         ConfigError: runs with different class names, or one run given twice; DatasetError: an
             empty split or scans missing from a run's answers.
     """
-    from chestdx.engine.datamodule import load_samples
     from chestdx.engine.run import Run
     from chestdx.evaluate.metrics import classification_metrics
-    from chestdx.evaluate.run import _write_predictions, evaluate_predictions, metrics_report_markdown
+    from chestdx.evaluate.run import evaluate_predictions, metrics_report_markdown, write_predictions
+    from chestdx.tasks import get_task
     from chestdx.utils import write_json, write_text
 
     if not runs:
@@ -123,7 +72,7 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
         if list(r.class_names) != class_names:
             raise ConfigError(f"runs disagree on classes: {r.path} has {list(r.class_names)}, "
                               f"{loaded[0].path} has {class_names}")
-    ref_samples = load_samples(sources, loaded[0].recipe) if sources else loaded[0].samples()
+    ref_samples = get_task(loaded[0].recipe).load_samples(sources, loaded[0].recipe) if sources else loaded[0].samples()
     chosen = [s for s in ref_samples if s.split == split]
     if not chosen:
         raise DatasetError(f"no '{split}' scans to score (splits present: {sorted({str(s.split) for s in ref_samples})})")
@@ -133,12 +82,12 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
     labels = np.asarray([s.label for s in chosen])
     for r in loaded:
         recipe = r.recipe
-        ds = _eval_dataset(recipe, chosen, r.site_names)
+        ds = get_task(recipe).ensemble_dataset(recipe, chosen, r.site_names)  # a sequence run is refused
         loader = DataLoader(ds, batch_size=recipe.data.batch_size, shuffle=False)
         name = procedure or recipe.inference.name
         params = procedure_params if procedure_params is not None else (
             recipe.inference.params if name == recipe.inference.name else {})
-        preds = predict_loader(r.load_model(which), loader, name, params, progress=progress,
+        preds = predict_loader(r.load_model(which, device=device), loader, name, params, progress=progress,
                                speed=speed or recipe.inference.speed)
         probs = np.zeros((len(chosen), len(class_names)), np.float64)
         seen = np.zeros(len(chosen), bool)
@@ -165,6 +114,6 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
                + "\n### members\n\n| run | recipe | procedure | accuracy | macro F1 |\n|---|---|---|---|---|\n"
                + "".join(f"| {k} | {v['recipe']} | {v['procedure']} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |\n"
                          for k, v in members.items()))
-    _write_predictions(out / "predictions.csv", chosen,
+    write_predictions(out / "predictions.csv", chosen,
                        {"probs": mean, "index": np.arange(len(chosen))}, class_names)
     return result

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.mixing import register_mixer
+from chestdx.mixing.registry import MIXERS
 from chestdx.models.base import ChestModel
 
 Box = tuple[int, int, int, int]  # (y1, x1, y2, x2), half-open
@@ -222,6 +222,7 @@ def _as_range(name: str, value: Any) -> float | tuple[float, float]:
     return (lo, hi)
 
 
+@MIXERS.register("attention_guided")
 class AttentionGuided(nn.Module):
     """The ``attention_guided`` mixer: original images plus attention mix-up / dimming / patching views.
 
@@ -325,11 +326,6 @@ class AttentionGuided(nn.Module):
     def extra_repr(self) -> str:
         return (f"prob={self.prob}, views={list(self.views)}, theta_m={self.theta_m}, theta_p={self.theta_p}, "
                 f"theta_d={self.theta_d}, gamma={self.gamma}, padding={self.padding}")
-
-
-@register_mixer("attention_guided")
-def _attention_guided(prob: float = 1.0, num_classes: int = 2, **params: Any) -> nn.Module:
-    return AttentionGuided(prob=prob, num_classes=num_classes, **params)
 
 
 __all__ = [

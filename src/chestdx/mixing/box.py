@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.mixing import register_mixer
+from chestdx.mixing.registry import MIXERS
 from chestdx.models.base import ChestModel
 
 Box = tuple[int, int, int, int]  # (y1, x1, y2, x2), half-open
@@ -178,6 +178,7 @@ def snapmix(images: Tensor, target: Tensor, cams: Tensor,
     return mixed, new_target, info
 
 
+@MIXERS.register("snapmix")
 class SnapMix(nn.Module):
     """The ``snapmix`` mixer: ``mixer(model, batch) -> batch``.
 
@@ -224,11 +225,6 @@ class SnapMix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"prob={self.prob}, alpha={self.alpha}"
-
-
-@register_mixer("snapmix")
-def _snapmix(prob: float = 1.0, num_classes: int = 2, **params: Any) -> nn.Module:
-    return SnapMix(prob=prob, num_classes=num_classes, **params)
 
 
 __all__ = ["SnapMix", "random_box", "snapmix", "snapmix_weights"]

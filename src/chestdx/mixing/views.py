@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from chestdx.data.volume_augment import cmc_augment, depth_crop
-from chestdx.mixing import register_mixer
+from chestdx.mixing.registry import MIXERS
 
 __all__ = ["CMCViews"]
 
 
+@MIXERS.register("cmc_views")
 class CMCViews(nn.Module):
     """Two (``views``) augmented views of every volume of a batch.
 
@@ -72,8 +73,3 @@ class CMCViews(nn.Module):
     def extra_repr(self) -> str:
         return (f"views={self.views}, depth={self.depth}, crop_scale={self.crop_scale}, "
                 f"brightness={self.brightness}, contrast={self.contrast}")
-
-
-@register_mixer("cmc_views")
-def _cmc_views(prob: float = 1.0, num_classes: int = 2, **params: Any) -> nn.Module:
-    return CMCViews(prob, num_classes, **params)

@@ -50,6 +50,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from chestdx.errors import ConfigError
 from chestdx.models.base import ChestModel, ModelOutput
+from chestdx.models.registry import MODELS
 
 #: torchvision ResNets that can carry the FPN.
 FPN_BACKBONES = ("resnet18", "resnet34", "resnet50")
@@ -407,8 +408,11 @@ class AffinityModel(ChestModel):
                            maps={"affinity": x2, "roi_boxes": boxes, "roi_scores": scores})
 
 
+@MODELS.register("affinity", accepts=AffinityModel, fixed=("backbone", "weights", "fc_hidden"))
 def build_affinity_model(cfg: Any, num_classes: int, in_chans: int) -> AffinityModel:
-    """Build from a recipe's ``model`` section (``params`` are :class:`AffinityModel` keywords).
+    """Mask R-CNN + lesion-mask affinity classifier from a recipe's ``model`` section (``params`` are
+    :class:`AffinityModel` keywords: affinities, roi_batch, sieve_stages, fpn_channels, ...;
+    ``model.head_hidden`` is ``fc_hidden``).
 
     Raises:
         ConfigError: unknown or bad ``params``.

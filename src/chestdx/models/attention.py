@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from chestdx.errors import ConfigError
 from chestdx.models.backbones import build_resnet, require_resnet
 from chestdx.models.base import ChestModel, ModelOutput
+from chestdx.models.registry import MODELS, SECTION_ARGS
 
 Compatibility = Literal["parametrised", "dot"]
 COMPATIBILITIES: tuple[str, ...] = ("parametrised", "dot")
@@ -167,3 +168,8 @@ class ResNetATT2(ChestModel):
         logits, emb, maps = self._head(l3)
         return ModelOutput(logits=logits, features=l3, embedding=emb, maps=maps)
 
+
+@MODELS.register("resnet_att2", accepts=ResNetATT2, fixed=SECTION_ARGS)
+def _resnet_att2(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """ResNet50-ATT2; ``params``: compatibility (parametrised | dot), tail_blocks."""
+    return ResNetATT2(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)

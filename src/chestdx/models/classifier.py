@@ -9,10 +9,13 @@ packaged ImageNet weights, any timm model).
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from chestdx.models.backbones import Backbone, build_backbone
 from chestdx.models.base import ChestModel
+from chestdx.models.registry import MODELS, SECTION_ARGS
 
 
 class ResNetMLP(ChestModel):
@@ -46,3 +49,9 @@ class ResNetMLP(ChestModel):
     def forward_head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         emb = features.mean(dim=(-2, -1))
         return self.head(emb), emb
+
+
+@MODELS.register("resnet_mlp", accepts=ResNetMLP, fixed=(*SECTION_ARGS, "head_hidden"))
+def _resnet_mlp(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """ResNet / EfficientNet backbone + MLP head (``model.head_hidden``); no ``params``."""
+    return ResNetMLP(num_classes, cfg.backbone, in_chans, cfg.weights, cfg.head_hidden, cfg.dropout)

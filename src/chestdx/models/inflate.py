@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from chestdx.errors import ConfigError, WeightsNotFoundError
 from chestdx.models.base import ChestModel
+from chestdx.models.registry import MODELS, SECTION_ARGS
 
 log = logging.getLogger(__name__)
 
@@ -336,3 +337,9 @@ class Inflated3DNet(ChestModel):
         """``(B, C, d, h, w)`` -> logits ``(B, K)`` and the pooled representation ``(B, C)``."""
         emb = features.mean(dim=(2, 3, 4))
         return self.head(emb), emb
+
+
+@MODELS.register("inflated3d", accepts=Inflated3DNet, fixed=SECTION_ARGS)
+def _inflated3d(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """Inflated 3D ResNet / ResNeSt of CMC-COV19D; ``params``: time_kernel, depth_stride, checkpointing."""
+    return Inflated3DNet(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from chestdx.errors import ConfigError
 from chestdx.models.backbones import Backbone, build_backbone
 from chestdx.models.base import ChestModel, ModelOutput
+from chestdx.models.registry import MODELS, SECTION_ARGS
 
 Pooling = Literal["attention", "gap", "gmp"]
 _EPS = 1e-12
@@ -220,6 +221,12 @@ class MANet(ChestModel):
         logits = self.head(self.dropout(emb))
         return ModelOutput(logits=logits, features=feats, embedding=emb,
                            maps={"attention_parts": a, "attention": a.mean(dim=1)})
+
+
+@MODELS.register("magsd", accepts=MANet, fixed=SECTION_ARGS)
+def _magsd(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """MA-Net of MAG-SD; ``params``: num_maps, scales, pooling, feature_norm."""
+    return MANet(num_classes, cfg.backbone, in_chans, cfg.weights, dropout=cfg.dropout, **cfg.params)
 
 
 __all__ = ["MANet", "MultiscaleAttention", "attention_pooling"]

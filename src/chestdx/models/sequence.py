@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from chestdx.errors import ConfigError, WeightsNotFoundError
 from chestdx.models.base import ChestModel, ModelOutput
+from chestdx.models.registry import MODELS, build_model
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +187,13 @@ def _checkpoint_of(spec: str) -> Path:
     return p
 
 
-def load_encoder(spec: str, in_chans: int = 1) -> tuple[ChestModel, Any]:
-    """Load a trained slice model from a run folder or a Lightning checkpoint of ``chestdx train``.
+def _read_encoder(spec: str) -> tuple[dict[str, Any], dict[str, Tensor], int | None]:
+    """The description, the weights and the input channels of the trained slice model in ``spec``.
 
-    Returns:
-        the model (eval mode) and its recipe.
-
-    Raises:
-        WeightsNotFoundError: no such folder / file, or no checkpoint in the run.
-        ConfigError: the checkpoint holds no chestdx recipe.
+    The checkpoint's recipe is read as plain data (its model section, class names and image size),
+    not validated as a whole recipe: a model is built without :mod:`chestdx.config`.
     """
-    from chestdx.config import validate_recipe
     from chestdx.engine.safe_load import read_checkpoint
-    from chestdx.models import build_model
 
     path = _checkpoint_of(spec)
     ckpt = read_checkpoint(path)  # weights_only: a pickle that would run code is refused
@@ -207,67 +202,115 @@ def load_encoder(spec: str, in_chans: int = 1) -> tuple[ChestModel, Any]:
         raise ConfigError(f"{path}: not a chestdx training checkpoint (hyper_parameters is not a dict)")
     if "recipe" not in hp or "state_dict" not in ckpt:
         raise ConfigError(f"{path}: not a chestdx training checkpoint (no recipe / state_dict)")
-    recipe = validate_recipe(hp["recipe"], str(path))
-    if recipe.task == "sequence":
+    recipe = hp["recipe"]
+    try:
+        description = {"model": dict(recipe["model"]), "num_classes": len(recipe["data"]["class_names"]),
+                       "image_size": int(recipe["data"]["image_size"])}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path}: not a chestdx training checkpoint (its recipe has no model section, "
+                          "data.class_names or data.image_size)") from None
+    if description["model"].get("name") == "att2_bilstm":  # this module's own model: not a slice encoder
         raise ConfigError(f"{path}: the encoder must be a slice model, this run is a sequence model")
-    model = build_model(recipe.model.model_copy(update={"weights": "none"}), recipe.data.num_classes,
-                        hp.get("in_chans", in_chans))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return description, state, hp.get("in_chans")
+
+
+def encoder_description(spec: str) -> dict[str, Any]:
+    """What a trained slice run (run folder or ``.ckpt`` of ``chestdx train``) is, as a sequence
+    model's inline ``model.params.encoder`` (what a model bundle stores): ``{"model": its recipe's
+    model section, "num_classes": K, "image_size": S}``.
+
+    Raises:
+        WeightsNotFoundError: no such folder / file, or no checkpoint in the run.
+        RunError: a file that is not a checkpoint, or one that would run code when read.
+        ConfigError: the checkpoint holds no chestdx recipe, or a sequence model.
+    """
+    return _read_encoder(spec)[0]
+
+
+def _build_encoder(description: dict[str, Any], section: Any, in_chans: int) -> ChestModel:
+    """An untrained encoder from its description; its model section is validated by the schema of
+    ``section`` (the model section that names the encoder: a :class:`chestdx.config.ModelConfig`)."""
+    enc_cfg = type(section).model_validate({**description["model"], "weights": "none"})
+    return build_model(enc_cfg, int(description["num_classes"]), in_chans)
+
+
+def load_encoder(spec: str, section: Any, in_chans: int = 1) -> tuple[ChestModel, dict[str, Any]]:
+    """Load the trained slice model of a run folder or a Lightning checkpoint of ``chestdx train``.
+
+    Args:
+        spec: the run folder or ``.ckpt`` (``model.params.encoder``).
+        section: the model section naming it (its schema validates the encoder's model section).
+        in_chans: input channels, when the checkpoint does not say.
+
+    Returns:
+        the model (eval mode) and its :func:`encoder_description`.
+
+    Raises:
+        WeightsNotFoundError, RunError, ConfigError: as :func:`encoder_description`.
+    """
+    description, state, chans = _read_encoder(spec)
+    model = _build_encoder(description, section, chans if chans is not None else in_chans)
     model.load_state_dict(state)
     model.eval()
-    return model, recipe
+    return model, description
 
 
-def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1) -> SequenceClassifier:
-    """The ``att2_bilstm`` model of a recipe's ``model`` section.
+def build_sequence_classifier(cfg: Any, num_classes: int, in_chans: int = 1, *,
+                              encoder: str | dict[str, Any] | None = None, chunk: int = 64,
+                              compatibility: str = "parametrised", tail_blocks: int = 3,
+                              precompute_embeddings: bool = False) -> SequenceClassifier:
+    """The ``att2_bilstm`` model of a recipe's ``model`` section (``cfg``; its ``params`` are the
+    keywords).
 
-    ``model.params``: ``encoder`` (a trained ATT2 run folder or checkpoint; a dict ``{model,
-    num_classes, image_size}`` describing it, whose weights are loaded afterwards, as in model
-    bundles; ``none`` builds a random
-    frozen :class:`~chestdx.models.attention.ResNetATT2` from ``model.backbone`` - for tests only),
-    ``compatibility`` and ``tail_blocks`` (for ``none``), ``chunk`` (slices per encoder call),
-    ``precompute_embeddings`` (the data module embeds every slice once and serves ``(B, T, D)``;
-    no image augmentation then; needs a trained ``encoder``). ``model.head_hidden`` is the LSTM size.
+    Args:
+        encoder: a trained ATT2 run folder or checkpoint; a dict ``{model, num_classes, image_size}``
+            describing it (:func:`encoder_description`), whose weights are loaded afterwards, as in
+            model bundles; ``none`` builds a random frozen :class:`~chestdx.models.attention.ResNetATT2`
+            from ``model.backbone`` - for tests only.
+        chunk: slices per encoder call.
+        compatibility, tail_blocks: of the random encoder (``encoder: none``).
+        precompute_embeddings: read by the data module (engine/datamodule.py), which then embeds every
+            slice once and serves ``(B, T, D)``; no image augmentation then; needs a trained ``encoder``.
+
+    ``model.head_hidden`` is the LSTM size.
 
     Raises:
         WeightsNotFoundError: the encoder is missing.
-        ConfigError: bad parameters.
+        ConfigError: no encoder given.
     """
     from chestdx.models.attention import ResNetATT2
 
-    params = dict(cfg.params)
     encoder_size: int | None = None
-    if "encoder" not in params:
+    if encoder is None:
         raise ConfigError("model att2_bilstm needs model.params.encoder: a trained slice run folder or checkpoint "
                           "(`chestdx train att2 ... --out RUN`, then --set model.params.encoder=RUN), or 'none' "
                           "for a random frozen encoder (tests only)")
-    raw_spec = params.pop("encoder")
-    spec = raw_spec if isinstance(raw_spec, dict) else str(raw_spec)
-    chunk = int(params.pop("chunk", 64))
-    compatibility = str(params.pop("compatibility", "parametrised"))
-    tail_blocks = int(params.pop("tail_blocks", 3))
-    params.pop("precompute_embeddings", None)  # read by the data module (engine/datamodule.py)
-    if params:
-        raise ConfigError(f"model att2_bilstm: unknown params {sorted(params)}; known: encoder, chunk, "
-                          "compatibility, tail_blocks (the last two for encoder=none)")
-    encoder: ChestModel
+    spec = encoder if isinstance(encoder, dict) else str(encoder)
+    chunk = int(chunk)
+    compatibility = str(compatibility)
+    tail_blocks = int(tail_blocks)
+    net: ChestModel
     if isinstance(spec, dict):
         # an inline encoder description (what a model bundle stores): its recipe's model section,
         # class count and image size; the weights come with the sequence model's own state dict
-        from chestdx.config import ModelConfig
-        from chestdx.models import build_model
-
-        enc_cfg = ModelConfig(**{**spec["model"], "weights": "none"})
-        encoder = build_model(enc_cfg, int(spec["num_classes"]), in_chans)
+        net = _build_encoder(spec, cfg, in_chans)
         encoder_size = spec.get("image_size")
     elif spec.lower() in ("none", "", "null"):
         log.warning("att2_bilstm: no trained encoder given (model.params.encoder); using a random frozen "
                     "ResNetATT2 (%s) - useful for tests only", cfg.backbone)
-        encoder = ResNetATT2(num_classes, cfg.backbone, in_chans, "none", compatibility, tail_blocks)
+        net = ResNetATT2(num_classes, cfg.backbone, in_chans, "none", compatibility, tail_blocks)
     else:
-        encoder, enc_recipe = load_encoder(spec, in_chans)
-        encoder_size = enc_recipe.data.image_size
+        net, description = load_encoder(spec, cfg, in_chans)
+        encoder_size = description["image_size"]
     hidden = int(cfg.head_hidden) if cfg.head_hidden and cfg.head_hidden > 0 else 256
-    model = SequenceClassifier(encoder, num_classes, hidden, cfg.dropout, chunk)
+    model = SequenceClassifier(net, num_classes, hidden, cfg.dropout, chunk)
     model.encoder_image_size = encoder_size
     return model
+
+
+@MODELS.register("att2_bilstm", accepts=build_sequence_classifier)
+def _att2_bilstm(cfg: Any, num_classes: int, in_chans: int) -> ChestModel:
+    """Frozen slice encoder + Bi-LSTM with soft attention; ``params``: encoder, chunk, compatibility,
+    tail_blocks, precompute_embeddings (:func:`build_sequence_classifier`)."""
+    return build_sequence_classifier(cfg, num_classes, in_chans, **cfg.params)

@@ -7,150 +7,50 @@ Every objective is an ``nn.Module`` called as ``term(model, out, batch) -> scala
 - ``batch``: ``image (B, C, H, W)``, ``label (B,)`` long, ``target (B, K)`` soft labels (one-hot
   unless a mixing changed them), ``site (B,)`` long, and whatever a mixing added.
 
-All losses take logits, never softmax outputs. New terms register with :func:`register_objective`.
+All losses take logits, never softmax outputs. A new term is a module that registers its class (or
+factory) in :data:`~chestdx.objectives.registry.OBJECTIVES` (``@OBJECTIVES.register("name")``) and is
+imported below; the recipe's ``params`` are checked against its signature when the recipe loads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from chestdx.errors import ConfigError
-
-_OBJECTIVES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_objective(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: ``factory(num_classes=..., class_counts=..., **params) -> nn.Module``."""
-
-    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _OBJECTIVES[name] = factory
-        return factory
-
-    return deco
-
-
-def objective_names() -> list[str]:
-    return sorted(_OBJECTIVES)
-
-
-def build_objective(name: str, params: dict[str, Any], num_classes: int,
-                    class_counts: Sequence[int] | None = None) -> nn.Module:
-    """Instantiate one objective from a recipe entry.
-
-    Raises:
-        ConfigError: unknown name or bad parameters.
-    """
-    if name not in _OBJECTIVES:
-        raise ConfigError(f"unknown objective '{name}'; choose one of {objective_names()}")
-    try:
-        return _OBJECTIVES[name](num_classes=num_classes, class_counts=class_counts, **params)
-    except TypeError as e:
-        raise ConfigError(f"objective '{name}': bad parameters {params}: {e}") from None
-
-
-def inverse_frequency_weights(class_counts: Sequence[int]) -> Tensor:
-    """Class weights inversely proportional to class frequency, ``w_c = N / (K * n_c)``.
-
-    ``(K,)``; a class with no samples gets weight 0. Balanced counts give all ones.
-    """
-    counts = torch.as_tensor(list(class_counts), dtype=torch.float32)
-    n, k = counts.sum(), len(counts)
-    w = torch.where(counts > 0, n / (k * counts.clamp(min=1)), torch.zeros_like(counts))
-    return w
-
-
-def soft_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Cross-entropy with soft targets, on logits.
-
-    Args:
-        logits: ``(B, K)``.
-        target: ``(B, K)`` rows summing to 1 (one-hot or mixed labels).
-        weight: optional ``(K,)`` class weights; the batch mean is normalised by the summed weight
-            of the targets, as ``F.cross_entropy(weight=...)`` does for hard labels.
-
-    Returns:
-        scalar.
-    """
-    logp = F.log_softmax(logits.float(), dim=-1)
-    if weight is None:
-        return -(target * logp).sum(dim=-1).mean()
-    w = weight.to(logp)
-    per = -(target * w * logp).sum(dim=-1)
-    return per.sum() / (target * w).sum().clamp(min=1e-12)
-
-
-def resolve_class_weights(num_classes: int, class_counts: Sequence[int] | None,
-                          class_weights: str | Sequence[float] | None) -> Tensor | None:
-    """A recipe's ``class_weights`` as a ``(K,)`` tensor: ``None`` -> None (unweighted),
-    ``"balanced"`` -> inverse class frequency of the training set, a list -> those K weights.
-
-    Raises:
-        ConfigError: ``balanced`` without class counts, or a list of the wrong length.
-    """
-    if class_weights is None:
-        return None
-    if class_weights == "balanced":
-        if class_counts is None:
-            raise ConfigError("class_weights: balanced needs the training set's class counts")
-        return inverse_frequency_weights(class_counts)
-    if isinstance(class_weights, str):
-        raise ConfigError(f"class_weights must be balanced or a list of {num_classes} numbers, got {class_weights!r}")
-    w = torch.as_tensor(list(class_weights), dtype=torch.float32)
-    if len(w) != num_classes:
-        raise ConfigError(f"class_weights has {len(w)} values for {num_classes} classes")
-    return w
-
-
-class CrossEntropy(nn.Module):
-    """Cross-entropy on logits against ``batch["target"]`` (soft labels from mixing are honoured).
-
-    ``class_weights``: ``None`` (unweighted, the cam-snapmix paper), ``"balanced"`` (inverse class
-    frequency of the training set, the ATT2 paper) or an explicit list of K weights.
-    """
-
-    def __init__(self, num_classes: int, class_counts: Sequence[int] | None = None,
-                 class_weights: str | Sequence[float] | None = None, label_smoothing: float = 0.0):
-        super().__init__()
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
-        w = resolve_class_weights(num_classes, class_counts, class_weights)
-        self.register_buffer("weight", w if w is not None else torch.ones(0), persistent=False)
-        self._weighted = w is not None
-
-    def forward(self, model: nn.Module, out: Any, batch: dict[str, Tensor]) -> Tensor:
-        target = batch["target"]
-        if self.label_smoothing:
-            target = target * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        weight: Tensor | None = self.weight if self._weighted else None  # type: ignore[assignment]
-        return soft_cross_entropy(out.logits, target, weight)
-
-
-@register_objective("ce")
-def _ce(num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> nn.Module:
-    return CrossEntropy(num_classes, class_counts, **params)
-
-
-
-from chestdx.objectives.contrastive import supcon_loss  # noqa: E402  (after the registry: import cycle)
-from chestdx.objectives.joint import mixup_loss, uncertainty_weighting  # noqa: E402
-from chestdx.objectives.patch_contrastive import cpe_loss  # noqa: E402
-from chestdx.objectives.per_class_bce import per_class_bce  # noqa: E402
-from chestdx.objectives.soft_distance import soft_distance  # noqa: E402
+# the objective modules register themselves in OBJECTIVES when imported (none imports this package)
+from chestdx.objectives.contrastive import SupCon, supcon_loss
+from chestdx.objectives.cross_entropy import (
+    CrossEntropy,
+    inverse_frequency_weights,
+    resolve_class_weights,
+    soft_cross_entropy,
+)
+from chestdx.objectives.joint import (
+    MixupCE,
+    UncertaintyWeighted,
+    mixup_loss,
+    objective_problems,
+    uncertainty_weighting,
+)
+from chestdx.objectives.patch_contrastive import ContrastivePatchEmbedding, cpe_loss
+from chestdx.objectives.per_class_bce import PerClassBCE, per_class_bce
+from chestdx.objectives.registry import OBJECTIVES, build_objective, objective_names
+from chestdx.objectives.soft_distance import SoftDistance, soft_distance
 
 __all__ = [
+    "OBJECTIVES",
+    "ContrastivePatchEmbedding",
     "CrossEntropy",
+    "MixupCE",
+    "PerClassBCE",
+    "SoftDistance",
+    "SupCon",
+    "UncertaintyWeighted",
     "build_objective",
     "cpe_loss",
     "inverse_frequency_weights",
     "mixup_loss",
     "objective_names",
+    "objective_problems",
     "per_class_bce",
-    "register_objective",
+    "resolve_class_weights",
     "soft_cross_entropy",
     "soft_distance",
     "supcon_loss",

@@ -13,7 +13,6 @@ Two uses:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.objectives import register_objective
+from chestdx.objectives.registry import OBJECTIVES
 
 
 def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
@@ -68,6 +67,7 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
     return per_anchor.mean()
 
 
+@OBJECTIVES.register("supcon")
 class SupCon(nn.Module):
     """The ``supcon`` objective: :func:`supcon_loss` on ``out.embedding`` with ``batch["label"]``.
 
@@ -125,11 +125,6 @@ class SupCon(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
-
-
-@register_objective("supcon")
-def _supcon(num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> nn.Module:
-    return SupCon(num_classes, **params)
 
 
 __all__ = ["SupCon", "supcon_loss"]

@@ -31,7 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.objectives import build_objective, register_objective, soft_cross_entropy
+from chestdx.objectives.cross_entropy import soft_cross_entropy
+from chestdx.objectives.registry import OBJECTIVES, build_objective
+from chestdx.registry import did_you_mean
 
 __all__ = ["MixupCE", "UncertaintyWeighted", "mixup_loss", "mixup_targets", "uncertainty_weighting"]
 
@@ -72,6 +74,7 @@ def uncertainty_weighting(losses: Tensor, log_sigma: Tensor) -> Tensor:
     return (torch.exp(-log_sigma) * losses + log_sigma).sum()
 
 
+@OBJECTIVES.register("mixup_ce")
 class MixupCE(nn.Module):
     """The ``mixup_ce`` objective (Eq. 5-6) on the views of a batch.
 
@@ -124,6 +127,54 @@ class MixupCE(nn.Module):
         return f"alpha={self.alpha}, level={self.level}"
 
 
+ENTRY_KEYS = ("name", "weight", "params")
+"""The keys of one objective entry in an ``uncertainty`` group (as in a recipe's ``objectives``)."""
+
+
+def group_problems(groups: Any) -> list[str]:
+    """What is wrong with the shape of an ``uncertainty`` objective's ``groups``: a non-empty list of
+    non-empty lists of entries ``{name, weight, params}``, none of them ``uncertainty`` (``[]``: nothing;
+    entry names and params are checked by :func:`objective_problems`)."""
+    if not isinstance(groups, (list, tuple)) or not groups or \
+            any(not isinstance(g, (list, tuple)) or not g for g in groups):
+        return ["'groups' must be a non-empty list of non-empty lists of objectives"]
+    found = []
+    for gi, g in enumerate(groups):
+        for j, entry in enumerate(g):
+            at = f"groups[{gi}][{j}]"
+            if not isinstance(entry, Mapping) or "name" not in entry:
+                found.append(f"{at}: every group entry needs a 'name'; got {entry!r}")
+                continue
+            for k in sorted(set(entry) - set(ENTRY_KEYS), key=str):
+                found.append(f"{at}: unknown key '{k}'{did_you_mean(str(k), ENTRY_KEYS)} (an entry has "
+                             f"{', '.join(ENTRY_KEYS)})")
+            if entry["name"] == "uncertainty":
+                found.append(f"{at}: groups cannot nest another 'uncertainty'")
+            if not isinstance(entry.get("params") or {}, Mapping):
+                found.append(f"{at}.params: must be a mapping, got {entry['params']!r}")
+    return found
+
+
+def objective_problems(name: str, params: Mapping[str, Any] | None, where: str) -> list[tuple[str | None, str]]:
+    """Every problem of one objective entry before anything is built: its name and ``params`` keys
+    against :data:`OBJECTIVES`, and for ``uncertainty`` the shape of its groups and each group entry's
+    name and params. ``(params key at fault or None for the name, message)`` pairs, as
+    :meth:`chestdx.registry.Registry.problems`."""
+    found = OBJECTIVES.problems(name, params, where)
+    if found or name != "uncertainty":
+        return found
+    groups = (params or {})["groups"]
+    shape = group_problems(groups)
+    if shape:
+        return [("groups", f"{where}.params.{p}") for p in shape]
+    for gi, g in enumerate(groups):
+        for j, entry in enumerate(g):
+            found += [("groups", msg) for _, msg in OBJECTIVES.problems(
+                entry["name"], entry.get("params") or {}, f"{where}.params.groups[{gi}][{j}]")]
+    return found
+
+
+@OBJECTIVES.register("uncertainty")
 class UncertaintyWeighted(nn.Module):
     """The ``uncertainty`` objective (Eq. 7): groups of objectives with learned weights.
 
@@ -138,23 +189,20 @@ class UncertaintyWeighted(nn.Module):
     """
 
     def __init__(self, num_classes: int, class_counts: Sequence[int] | None = None,
-                 groups: Sequence[Sequence[Mapping[str, Any]]] = (), init_log_sigma: float = 0.0):
+                 *, groups: Sequence[Sequence[Mapping[str, Any]]], init_log_sigma: float = 0.0):
         super().__init__()
-        if not groups or any(not g for g in groups):
-            raise ConfigError("uncertainty: 'groups' must be a non-empty list of non-empty lists of objectives")
+        shape = group_problems(groups)
+        if shape:
+            raise ConfigError("uncertainty: " + "; ".join(shape))
         self.terms = nn.ModuleList()
         self.names: list[list[str]] = []
         self.weights: list[list[float]] = []
-        for g in groups:
+        for gi, g in enumerate(groups):
             mods = nn.ModuleList()
             names, weights = [], []
-            for entry in g:
-                if not isinstance(entry, Mapping) or "name" not in entry:
-                    raise ConfigError(f"uncertainty: every group entry needs a 'name'; got {entry!r}")
-                if entry["name"] == "uncertainty":
-                    raise ConfigError("uncertainty: groups cannot nest another 'uncertainty'")
+            for j, entry in enumerate(g):
                 mods.append(build_objective(entry["name"], dict(entry.get("params") or {}), num_classes,
-                                            class_counts))
+                                            class_counts, where=f"uncertainty.groups[{gi}][{j}]"))
                 names.append(str(entry["name"]))
                 weights.append(float(entry.get("weight", 1.0)))
             self.terms.append(mods)
@@ -179,13 +227,3 @@ class UncertaintyWeighted(nn.Module):
             parts[f"sigma{i + 1}"] = s
         self.last_parts = parts
         return uncertainty_weighting(torch.stack(losses).float(), self.log_sigma.float())
-
-
-@register_objective("mixup_ce")
-def _mixup_ce(num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> nn.Module:
-    return MixupCE(num_classes, **params)
-
-
-@register_objective("uncertainty")
-def _uncertainty(num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> nn.Module:
-    return UncertaintyWeighted(num_classes, class_counts, **params)

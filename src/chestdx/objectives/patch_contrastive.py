@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.models.base import ChestModel
-from chestdx.objectives import register_objective
+from chestdx.objectives.registry import OBJECTIVES
 
 
 def sum_pool(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -101,6 +101,7 @@ def cpe_loss(embeddings: Tensor, cam: Tensor, normalize: bool = False) -> Tensor
     return (term_u + term_v).mean()
 
 
+@OBJECTIVES.register("cpe")
 class ContrastivePatchEmbedding(nn.Module):
     """The ``cpe`` objective: :func:`cpe_loss` on ``out.features``.
 
@@ -129,11 +130,6 @@ class ContrastivePatchEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"normalize={self.normalize}"
-
-
-@register_objective("cpe")
-def _cpe(num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> nn.Module:
-    return ContrastivePatchEmbedding(num_classes, **params)
 
 
 __all__ = ["ContrastivePatchEmbedding", "cpe_loss", "sum_pool"]

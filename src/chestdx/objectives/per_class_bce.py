@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chestdx.objectives import register_objective
+from chestdx.objectives.registry import OBJECTIVES
 
 
 def per_class_bce(logits: Tensor, target: Tensor) -> Tensor:
@@ -27,15 +26,12 @@ def per_class_bce(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").sum(1).mean()
 
 
+@OBJECTIVES.register("per_class_bce")
 class PerClassBCE(nn.Module):
-    """``term(model, out, batch)`` wrapper of :func:`per_class_bce` on ``batch["target"]``."""
+    """``term(model, out, batch)`` wrapper of :func:`per_class_bce` on ``batch["target"]``; no params."""
+
+    def __init__(self) -> None:
+        super().__init__()
 
     def forward(self, model: Any, out: Any, batch: dict[str, Tensor]) -> Tensor:
         return per_class_bce(out.logits, batch["target"])
-
-
-@register_objective("per_class_bce")
-def _per_class_bce(num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> nn.Module:
-    if params:
-        raise TypeError(f"unexpected parameters {sorted(params)}")
-    return PerClassBCE()

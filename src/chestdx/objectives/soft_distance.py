@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.errors import ConfigError
-from chestdx.objectives import register_objective, resolve_class_weights, soft_cross_entropy
+from chestdx.objectives.cross_entropy import resolve_class_weights, soft_cross_entropy
+from chestdx.objectives.registry import OBJECTIVES
 
 
 def _ground_truth(target: Tensor, b: int, k: int, smoothing: float) -> tuple[Tensor, Tensor]:
@@ -116,6 +117,7 @@ def soft_distance(primary_logits: Tensor, aux_logits: Tensor, target: Tensor, th
     return (loss, ce, d) if return_parts else loss
 
 
+@OBJECTIVES.register("soft_distance")
 class SoftDistance(nn.Module):
     """The ``soft_distance`` objective on a batch laid out by the ``attention_guided`` mixer.
 
@@ -163,11 +165,6 @@ class SoftDistance(nn.Module):
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, distance={self.distance}"
-
-
-@register_objective("soft_distance")
-def _soft_distance(num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> nn.Module:
-    return SoftDistance(num_classes, class_counts, **params)
 
 
 __all__ = ["SoftDistance", "soft_distance"]

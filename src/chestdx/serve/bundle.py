@@ -118,19 +118,19 @@ def _self_contained(recipe: dict[str, Any]) -> dict[str, Any]:
     params = recipe["model"].get("params") or {}
     enc = params.get("encoder")
     if recipe["model"]["name"] == "att2_bilstm" and isinstance(enc, str) and enc.lower() not in ("none", "", "null"):
-        from chestdx.models.sequence import load_encoder
+        from chestdx.config import ModelConfig
+        from chestdx.models.sequence import encoder_description
 
-        _, enc_recipe = load_encoder(enc)
-        params["encoder"] = {"model": enc_recipe.model.model_dump(mode="json"),
-                             "num_classes": enc_recipe.data.num_classes, "image_size": enc_recipe.data.image_size}
+        desc = encoder_description(enc)
+        params["encoder"] = {**desc, "model": ModelConfig.model_validate(desc["model"]).model_dump(mode="json")}
         params.pop("precompute_embeddings", None)  # a training-time shortcut; a bundle answers images
     return recipe
 
 
 def input_profile(run: Any, max_images: int = 128) -> dict[str, Any] | None:
     """The training images' input statistics (:func:`chestdx.serve.ood.build_profile`) over up to
-    ``max_images`` evenly spaced training samples, preprocessed as the predictor does; None for 3D
-    and sequence models, or when the training images are no longer where ``samples.csv`` says."""
+    ``max_images`` evenly spaced training samples, preprocessed as the predictor does; None for a
+    task whose model does not answer 2D images (3D and sequence models), or when the training images are no longer where ``samples.csv`` says."""
     import logging
 
     import numpy as np
@@ -138,8 +138,9 @@ def input_profile(run: Any, max_images: int = 128) -> dict[str, Any] | None:
     from chestdx.data.transforms import LoadPreprocess
     from chestdx.errors import ChestdxError
     from chestdx.serve.ood import build_profile
+    from chestdx.tasks import get_task
 
-    if run.recipe.task not in ("slice", "cxr", "lesion"):
+    if not get_task(run.recipe).per_slice:
         return None
     try:
         train = [s for s in run.samples() if s.split == "train"]
