@@ -173,3 +173,29 @@ def test_chest_task_logs_the_epoch_figures(one_class):
     assert math.isnan(logged["val_auc"]) == one_class
     again = _validate(task, DataLoader(items[:8], batch_size=8))  # the states were reset
     assert again["val_acc"] == pytest.approx(_reference(probs[:8], labels[:8], k)[0], abs=1e-6)
+
+
+def test_two_process_ddp_scores_the_whole_validation_set():
+    """``strategy="ddp_spawn"``, 2 CPU processes (gloo): each rank validates every other item
+    (DistributedSampler), and the logged val_acc / val_auc are those of all items, as on one process.
+    The labels are made so that rank 0's own half is all right and rank 1's all wrong: a rank-local
+    figure would be 1.0 on rank 0, the whole set's is 0.5. (About 25 s: two processes start.)"""
+    torch.manual_seed(0)
+    task = ChestTask(load_recipe("demo", TINY)).eval()
+    k = task.recipe.data.num_classes
+    images = torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pred = task.model(images).probs.argmax(1)
+    labels = torch.where(torch.arange(16) % 2 == 0, pred, (pred + 1) % k)  # even items right, odd wrong
+    items = [{"image": images[i], "label": labels[i]} for i in range(16)]
+    loader = DataLoader(items, batch_size=4)
+    one = _validate(task, loader)
+    assert one["val_acc"] == pytest.approx(0.5)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        two = trainer.validate(task, dataloaders=loader, verbose=False)[0]
+    assert two["val_acc"] == pytest.approx(one["val_acc"], abs=1e-6)
+    assert two["val_auc"] == pytest.approx(one["val_auc"], abs=1e-6)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-6)
