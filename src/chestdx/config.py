@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from chestdx.errors import ConfigError
-
-Task = Literal["slice", "sequence", "volume", "cxr", "lesion"]
 
 
 class _Strict(BaseModel):
@@ -51,7 +60,12 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Preprocessing and loading.
+    """Preprocessing and loading: the options every task reads (the recipe's ``data`` section).
+
+    Each task's section is a subclass adding the options only that task reads
+    (:data:`DATA_SECTIONS`: :class:`SliceDataConfig`, :class:`SequenceDataConfig`,
+    :class:`VolumeDataConfig`, :class:`LesionDataConfig`); a recipe's ``data`` is validated as its
+    task's section, so an option of another task is refused when the recipe loads.
 
     ``normalize``: ``zscore`` = per-image zero mean, unit variance (the papers' choice);
     ``unit`` = keep [0, 1]; ``imagenet`` = ImageNet mean/std of the grey value; ``inception`` =
@@ -75,18 +89,6 @@ class DataConfig(_Strict):
     # (data/splits.py: check_patient_leaks), unless this is true (then recorded in leakage.json)
     allow_patient_leaks: bool = False
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
-    # task "volume" (data/volume_dataset.py): slices after resizing (H = W = image_size), and the
-    # folder of the on-disk cache of preprocessed volumes (default $CHESTDX_CACHE_DIR, else
-    # ~/.cache/chestdx/volumes)
-    volume_depth: int = Field(128, ge=1)
-    cache_dir: str | None = None
-    # task "sequence" (data/sequences.py): slices per sequence, and what to do with shorter scans
-    sequence_length: int = Field(16, ge=1)
-    short_scans: Literal["skip", "repeat"] = "skip"
-    # task "lesion" (data/lesions.py): segmentation data of the one-shot training (empty: the
-    # classification images that have a lesion mask), smallest lesion instance in pixels at image_size
-    segmentation_sources: tuple[str, ...] = ()
-    min_lesion_area: int = Field(4, ge=0)
 
     @field_validator("class_names")
     @classmethod
@@ -100,6 +102,99 @@ class DataConfig(_Strict):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def input_shape(self, in_chans: int = 1, batch: int | None = None) -> tuple[int, ...]:
+        """The batch the model sees: ``(B, C, S, S)`` with ``S = image_size`` (``B = batch_size``
+        unless given); a task whose inputs are not 2D images overrides it."""
+        return (int(batch or self.batch_size), in_chans, self.image_size, self.image_size)
+
+
+class SliceDataConfig(DataConfig):
+    """``task: slice``: 2D images, answered one by one (a scan slice by slice).
+
+    ``modality``: what the images are, ``ct`` (CT slices) or ``cxr`` (chest X-rays; ``task: cxr`` in
+    recipes written before per-task sections means ``task: slice`` with ``modality: cxr``). It is
+    recorded with the run and its bundle; the preprocessing is the same options either way.
+    """
+
+    modality: Literal["ct", "cxr"] = "ct"
+
+
+class SequenceDataConfig(DataConfig):
+    """``task: sequence`` (:mod:`chestdx.data.sequences`): scans cut to fixed-length slice sequences.
+
+    ``sequence_length``: slices per sequence ``T``; ``short_scans``: what to do with scans of fewer
+    slices (``skip`` them, or ``repeat`` slices to pad them).
+    """
+
+    sequence_length: int = Field(16, ge=1)
+    short_scans: Literal["skip", "repeat"] = "skip"
+
+    def input_shape(self, in_chans: int = 1, batch: int | None = None) -> tuple[int, ...]:
+        """``(B, T, C, S, S)``."""
+        return (int(batch or self.batch_size), self.sequence_length, in_chans, self.image_size, self.image_size)
+
+
+class VolumeDataConfig(DataConfig):
+    """``task: volume`` (:mod:`chestdx.data.volume_dataset`): whole 3D scans.
+
+    ``volume_depth``: slices after resizing (H = W = ``image_size``); ``cache_dir``: the folder of the
+    on-disk cache of preprocessed volumes (default ``$CHESTDX_CACHE_DIR``, else ``~/.cache/chestdx/volumes``).
+    """
+
+    volume_depth: int = Field(128, ge=1)
+    cache_dir: str | None = None
+
+    def input_shape(self, in_chans: int = 1, batch: int | None = None) -> tuple[int, ...]:
+        """``(B, C, D, S, S)``."""
+        return (int(batch or self.batch_size), in_chans, self.volume_depth, self.image_size, self.image_size)
+
+
+class LesionDataConfig(DataConfig):
+    """``task: lesion`` (:mod:`chestdx.data.lesions`): classification images plus segmentation data.
+
+    ``segmentation_sources``: segmentation data of the one-shot training (empty: the classification
+    images that have a lesion mask); ``min_lesion_area``: smallest lesion instance, in pixels at
+    ``image_size``.
+    """
+
+    segmentation_sources: tuple[str, ...] = ()
+    min_lesion_area: int = Field(4, ge=0)
+
+
+DATA_SECTIONS: dict[str, type[DataConfig]] = {
+    "slice": SliceDataConfig,
+    "sequence": SequenceDataConfig,
+    "volume": VolumeDataConfig,
+    "lesion": LesionDataConfig,
+}
+"""Task name -> the class of its recipe ``data`` section; the task names a recipe may give. Each
+task object of :mod:`chestdx.tasks` is registered under one of these names and names its section."""
+
+TASK_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"cxr": ("slice", {"modality": "cxr"})}
+"""Old task names still read: ``task: cxr`` is ``task: slice`` with ``data.modality: cxr``."""
+
+_LEGACY_DATA_KEYS = frozenset({"volume_depth", "cache_dir", "sequence_length", "short_scans",
+                               "segmentation_sources", "min_lesion_area"})
+"""The per-task options the one flat data section had: a recipe dumped then (run folder, checkpoint,
+bundle) holds all of them, for any task."""
+
+
+def tasks_reading(key: str) -> list[str]:
+    """The tasks whose ``data`` section has option ``key``, sorted."""
+    return sorted(t for t, section in DATA_SECTIONS.items() if key in section.model_fields)
+
+
+def _jsonable(v: Any) -> Any:
+    """``v`` as YAML / JSON reads it back (tuples as lists), for comparing a stored value with a default."""
+    return [_jsonable(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _data_problem(key: str, value: Any, task: str) -> InitErrorDetails:
+    readers = " or ".join(f"'{t}'" for t in tasks_reading(key))
+    return {"type": PydanticCustomError(
+        "task_option", "an option of task {readers}, which task '{task}' does not read (it would have no "
+        "effect); remove it", {"readers": readers, "task": task}), "loc": (key,), "input": value}
 
 
 class ModelConfig(_Strict):
@@ -224,15 +319,83 @@ class Recipe(_Strict):
     name: str
     description: str = ""
     paper: str = ""
-    task: Task = "slice"
+    # one of DATA_SECTIONS (the task objects of chestdx.tasks); data is validated as that task's section
+    task: str = "slice"
     seed: int = 0
-    data: DataConfig = Field(default_factory=lambda: DataConfig())
+    data: SerializeAsAny[DataConfig] = Field(default_factory=dict, validate_default=True)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())
     objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig(name="ce")])
     mixing: MixingConfig | None = None
     inference: InferenceConfig = Field(default_factory=lambda: InferenceConfig())
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig())
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_spelling(cls, raw: Any) -> Any:
+        """Read old spellings: ``task: cxr`` (``task: slice`` + ``data.modality: cxr``), and a ``data``
+        section dumped before per-task sections (it holds every task's options; those of other tasks,
+        which had no effect, are dropped, with a warning where one was not its default)."""
+        if not isinstance(raw, Mapping):
+            return raw
+        raw = dict(raw)
+        task, data = raw.get("task", "slice"), raw.get("data")
+        if isinstance(task, str) and task in TASK_ALIASES:
+            task, implied = TASK_ALIASES[task]
+            data = dict(data) if isinstance(data, Mapping) else {} if data is None else data
+            if isinstance(data, dict):
+                for k, v in implied.items():
+                    if data.setdefault(k, v) != v:
+                        raise ValidationError.from_exception_data("Recipe", [{"type": PydanticCustomError(
+                            "task_alias", "task '{alias}' means task '{task}' with data.{key}: {value}",
+                            {"alias": raw["task"], "task": task, "key": k, "value": v}),
+                            "loc": ("data", k), "input": data[k]}])
+            raw["task"], raw["data"] = task, data
+        section = DATA_SECTIONS.get(task) if isinstance(task, str) else None
+        if section is not None and isinstance(data, Mapping) and _LEGACY_DATA_KEYS <= set(data):
+            foreign = {k: data[k] for k in _LEGACY_DATA_KEYS if k not in section.model_fields}
+            changed = sorted(k for k, v in foreign.items()
+                             if _jsonable(v) != _jsonable(DATA_SECTIONS[tasks_reading(k)[0]].model_fields[k].default))
+            if changed:
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "recipe '%s': dropped data.%s, option(s) of another task that task '%s' never read",
+                    raw.get("name"), ", data.".join(changed), task)
+            raw["data"] = {k: v for k, v in data.items() if k not in foreign}
+        return raw
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in DATA_SECTIONS:
+            from chestdx.registry import did_you_mean
+
+            raise PydanticCustomError("unknown_task", "unknown task '{task}'{hint}; choose one of {names}",
+                                      {"task": v, "hint": did_you_mean(v, DATA_SECTIONS),
+                                       "names": ", ".join(sorted(DATA_SECTIONS))})
+        return v
+
+    @field_validator("data", mode="wrap")
+    @classmethod
+    def _task_section(cls, v: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> DataConfig:
+        """``data`` as the section of the recipe's task; an option of another task is refused, named."""
+        task = info.data.get("task")
+        section = DATA_SECTIONS.get(task) if isinstance(task, str) else None
+        if section is not None and type(v) is section:
+            return v
+        if isinstance(v, DataConfig):
+            v = v.model_dump()
+        if section is None:  # the task itself is wrong (reported): check the options every task shares
+            section = DataConfig
+            if isinstance(v, Mapping):
+                v = {k: x for k, x in v.items() if not tasks_reading(k)}
+        elif isinstance(v, Mapping):
+            foreign = [_data_problem(k, x, str(task)) for k, x in v.items()
+                       if k not in section.model_fields and tasks_reading(k)]
+            if foreign:
+                raise ValidationError.from_exception_data(section.__name__, foreign)
+        return section.model_validate(v)
 
     @model_validator(mode="after")
     def _weights_normalize(self) -> Recipe:
@@ -317,13 +480,20 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Recipe:
-    """Load a recipe by name or path, apply overrides, validate.
+def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | Iterable[str] = (), *,
+                parts: bool = True) -> Recipe:
+    """Load a recipe by name or path, apply overrides, validate it whole (:func:`validate_recipe`).
 
     A recipe may say ``base: other_recipe`` to start from another recipe and change some keys.
 
+    Args:
+        parts: False: the schema only, no check of names and ``params`` against the registries (no
+            torch import; see :func:`validate_recipe`).
+
     Raises:
-        ConfigError: unknown recipe, bad YAML, unknown key or invalid value (the message names it).
+        ConfigError: unknown recipe, bad YAML, unknown key or invalid value, unregistered model /
+            objective / mixing / inference name or a ``params`` key its factory does not take (the
+            message names them all).
     """
     data, origin = _read_yaml(name_or_path)
     seen = {origin}
@@ -337,7 +507,7 @@ def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | Iterabl
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     data = deep_merge(data, overrides)
-    return validate_recipe(data, origin, overridden=_dotted_keys(overrides))
+    return validate_recipe(data, origin, overridden=_dotted_keys(overrides), parts=parts)
 
 
 def _dotted_keys(d: Mapping[str, Any], prefix: str = "") -> set[str]:
@@ -352,7 +522,8 @@ def _dotted_keys(d: Mapping[str, Any], prefix: str = "") -> set[str]:
 
 
 def recipe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:  # type: ignore[assignment]
-    """Every settable dotted key of a recipe (``optim.weight_decay``, ``data.augment.flip``, ...)."""
+    """Every settable dotted key of a recipe (``optim.weight_decay``, ``data.augment.flip``, ...);
+    under ``data``, the options of every task's section."""
     import typing
 
     model = model or Recipe
@@ -362,7 +533,8 @@ def recipe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:  
         out.append(key)
         for t in (f.annotation, *typing.get_args(f.annotation)):
             if isinstance(t, type) and issubclass(t, BaseModel):
-                out += recipe_keys(t, key + ".")
+                for section in ([t, *DATA_SECTIONS.values()] if t is DataConfig else [t]):
+                    out += [k for k in recipe_keys(section, key + ".") if k not in out]
                 break
     return out
 
@@ -374,33 +546,85 @@ def _did_you_mean(loc: str) -> str:
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
-def validate_recipe(data: Mapping[str, Any], origin: str = "recipe", overridden: set[str] | None = None) -> Recipe:
-    """Validate a plain mapping into a :class:`Recipe`.
+_BY_OVERRIDE = " [set by an override: --set or a flag]"
+
+
+def _overridden(parts: list[str], overridden: set[str] | None) -> bool:
+    """Whether the recipe key ``parts`` (``["optim", "lr"]``) or a key above it was set by an override."""
+    return bool(overridden) and any(".".join(parts[:i]) in overridden for i in range(len(parts), 0, -1))  # type: ignore[operator]
+
+
+def validate_recipe(data: Mapping[str, Any], origin: str = "recipe", overridden: set[str] | None = None, *,
+                    parts: bool = True) -> Recipe:
+    """Validate a plain mapping into a :class:`Recipe`, then (``parts``) its parts against their
+    registries (:func:`part_problems`: every name registered, every ``params`` key accepted).
 
     Args:
         data: the recipe as plain data.
         origin: where it came from (named in the error).
         overridden: dotted keys set by overrides (``--set``, shortcut flags): an error in one of them
             is blamed on the override, not on ``origin``.
+        parts: False: the schema only, which imports no torch (the CLI's first, fast pass over its
+            recipes); the parts' check imports the model, objective, mixing and inference modules.
 
     Raises:
         ConfigError: listing every invalid key with its value, the reason, where it was set, and
-            for an unknown key the closest known ones.
+            for an unknown key, name or ``params`` key the closest known ones.
     """
+    lines = []
+    blamed_override = False
     try:
-        return Recipe.model_validate(dict(data))
+        recipe = Recipe.model_validate(dict(data))
     except ValidationError as e:
-        lines = []
-        blamed_override = False
         for err in e.errors():
-            parts = [str(x) for x in err["loc"]]
-            loc = ".".join(parts)
+            loc_parts = [str(x) for x in err["loc"]]
+            loc = ".".join(loc_parts)
             got = err.get("input")
             where = ""
-            if overridden and any(".".join(parts[:i]) in overridden for i in range(len(parts), 0, -1)):
-                where, blamed_override = " [set by an override: --set or a flag]", True
+            if _overridden(loc_parts, overridden):
+                where, blamed_override = _BY_OVERRIDE, True
             hint = _did_you_mean(loc) if err.get("type") == "extra_forbidden" else ""
             msg = "unknown key" if err.get("type") == "extra_forbidden" else err["msg"]
             lines.append(f"  {loc}: {msg} (got {got!r}){where}{hint}")
-        head = f"{origin} with the overrides given" if blamed_override else origin
-        raise ConfigError(f"{head}: invalid recipe\n" + "\n".join(lines)) from None
+    else:
+        if not parts:
+            return recipe
+        for loc_parts, msg in part_problems(recipe):
+            where = ""
+            if _overridden(loc_parts, overridden):
+                where, blamed_override = _BY_OVERRIDE, True
+            lines.append(f"  {msg}{where}")
+        if not lines:
+            return recipe
+    head = f"{origin} with the overrides given" if blamed_override else origin
+    raise ConfigError(f"{head}: invalid recipe\n" + "\n".join(lines)) from None
+
+
+def part_problems(recipe: Recipe) -> list[tuple[list[str], str]]:
+    """Every problem of a recipe's registered parts, found before anything is built: ``model.name``,
+    each ``objectives[i].name`` (and the entries of an ``uncertainty`` objective's groups),
+    ``mixing.name`` and ``inference.name`` registered, and every ``params`` key accepted by its
+    factory (for a model, by the class its builder passes ``params`` to), with did-you-mean.
+
+    Returns:
+        ``(recipe key path, message)`` pairs (``(["objectives", "1", "params", "gama"], "objectives[1].
+        params.gama: objective 'ce' has no parameter 'gama' ...")``); empty: the parts are sound.
+    """
+    # imported here: the schema alone (and so the CLI's first checks) needs no torch
+    from chestdx.engine.infer import PROCEDURES
+    from chestdx.mixing import MIXERS
+    from chestdx.models import MODELS
+    from chestdx.objectives import objective_problems
+
+    found: list[tuple[list[str], str]] = []
+
+    def add(loc: list[str], problems: list[tuple[str | None, str]]) -> None:
+        found.extend(([*loc, "name"] if key is None else [*loc, "params", str(key)], msg) for key, msg in problems)
+
+    add(["model"], MODELS.problems(recipe.model.name, recipe.model.params, "model"))
+    for i, o in enumerate(recipe.objectives):
+        add(["objectives", str(i)], objective_problems(o.name, o.params, f"objectives[{i}]"))
+    if recipe.mixing is not None:
+        add(["mixing"], MIXERS.problems(recipe.mixing.name, recipe.mixing.params, "mixing"))
+    add(["inference"], PROCEDURES.problems(recipe.inference.name, recipe.inference.params, "inference"))
+    return found

@@ -26,11 +26,67 @@ interval and p-value (:mod:`chestdx.evaluate.compare`). A cell whose interval ex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chestdx.errors import ConfigError
 from chestdx.utils import write_json, write_text
+
+
+def row_overrides(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A table's overrides as they apply to its row ``name``: all of them, except that an
+    ``inference.params`` key goes only to a row whose inference procedure takes it.
+
+    A table's overrides apply to every row, and ``--set inference.params.cell=2`` is meant for its
+    voting rows (``full``: ``cam_voting``), not for the rows answered by ``plain``, which takes no
+    params. :func:`load_rows` refuses a key that no row of the table takes (a typo, with did-you-mean).
+
+    Raises:
+        ConfigError: the row's recipe (without the ``inference.params`` override) is invalid.
+    """
+    from chestdx.config import deep_merge, load_recipe
+
+    inference = overrides.get("inference")
+    params = inference.get("params") if isinstance(inference, Mapping) else None
+    if not isinstance(params, Mapping) or not params:
+        return dict(overrides)
+    from chestdx.engine.infer import PROCEDURES
+
+    rest = {k: v for k, v in overrides.items() if k != "inference"}
+    others = {k: v for k, v in inference.items() if k != "params"}  # type: ignore[union-attr]
+    if others:
+        rest["inference"] = others
+    procedure = load_recipe(name, rest, parts=False).inference.name
+    if procedure not in PROCEDURES:
+        return dict(overrides)  # the row's validation names the unknown procedure
+    taken = PROCEDURES.entry(procedure).accepted
+    mine = {k: v for k, v in params.items() if k in taken}
+    return deep_merge(rest, {"inference": {"params": mine}}) if mine else rest
+
+
+def load_rows(names: Sequence[str], overrides: Mapping[str, Any]) -> list[Any]:
+    """Every row of a table, each loaded with its :func:`row_overrides` and validated whole.
+
+    Raises:
+        ConfigError: an invalid row, or an ``inference.params`` override key that no row's procedure
+            takes (it would change nothing).
+    """
+    from chestdx.config import load_recipe
+    from chestdx.engine.infer import PROCEDURES
+    from chestdx.registry import did_you_mean
+
+    rows = [load_recipe(name, row_overrides(name, overrides)) for name in names]
+    inference = overrides.get("inference")
+    params = inference.get("params") if isinstance(inference, Mapping) else None
+    taken = {k for r in rows for k in PROCEDURES.entry(r.inference.name).accepted}
+    unused = sorted(set(params or {}) - taken, key=str) if isinstance(params, Mapping) else []
+    if unused:
+        answers = ", ".join(f"{r.name}: {r.inference.name}" for r in rows)
+        raise ConfigError("\n".join(
+            f"inference.params.{k} [set by an override: --set or a flag]: no row of this table answers with a "
+            f"procedure that takes it{did_you_mean(str(k), taken)} (rows: {answers})" for k in unused))
+    return rows
 
 
 def training_key(recipe: Any) -> str:
@@ -124,13 +180,19 @@ def _differences_markdown(comparisons: dict[str, Any], baseline: str, metrics: S
 def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | Path, *, seeds: int = 3,
               overrides: dict[str, Any] | None = None, n_boot: int = 200, progress: bool = False,
               metrics: Sequence[str] = ("accuracy", "precision", "recall", "f1"),
-              folds: int | None = None, n_boot_compare: int = 2000) -> str:
+              folds: int | None = None, n_boot_compare: int = 2000, device: Any = "cpu") -> str:
     """Train and evaluate ``recipes`` x ``seeds``; returns the markdown table (also written).
+
+    Training runs where each recipe's ``trainer.accelerator`` / ``trainer.devices`` say; the
+    evaluations run on ``device`` (a :class:`torch.device` or an accelerator,
+    :func:`chestdx.engine.device.resolve_device`).
 
     The first recipe is the baseline row; every other row is compared with it (paired, patient-level
     bootstrap, ``n_boot_compare`` resamples) and the cells that differ are marked (module docstring).
     A row that trains exactly like an earlier row (same :func:`training_key`) reuses that row's runs
-    and only answers with its own inference procedure.
+    and only answers with its own inference procedure. ``overrides`` apply to every row, except an
+    ``inference.params`` key, which goes only to the rows whose procedure takes it (:func:`row_overrides`;
+    every row is validated before anything trains, :func:`load_rows`).
 
     The data are read once: every recipe and seed sees the same samples and the same split (the
     split is seeded by the first seed), so the rows differ only by method and training seed.
@@ -142,15 +204,15 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
     import json
 
     from chestdx.config import deep_merge, load_recipe
-    from chestdx.engine.datamodule import load_samples
     from chestdx.engine.run import Run
     from chestdx.engine.train import train
     from chestdx.evaluate.report import seed_table
     from chestdx.evaluate.run import evaluate_run
+    from chestdx.tasks import load_samples
 
     out = Path(out)
     overrides = overrides or {}
-    first = load_recipe(recipes[0], overrides)
+    first = load_rows(recipes, overrides)[0]  # every row checked before anything trains
     samples = load_samples(sources, first)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     raw: dict[str, list[dict[str, Any]]] = {}
@@ -162,11 +224,11 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
             if folds:
                 from chestdx.data.splits import kfold_train_val_test
 
-                recipe = load_recipe(name, overrides)
+                recipe = load_recipe(name, row_overrides(name, overrides))
                 sub = f"fold{s}"
                 run_samples = kfold_train_val_test(samples, folds, s, seed=first.seed)
             else:
-                recipe = load_recipe(name, deep_merge(overrides, {"seed": first.seed + s}))
+                recipe = load_recipe(name, deep_merge(row_overrides(name, overrides), {"seed": first.seed + s}))
                 sub = f"seed{s}"
                 run_samples = samples
             owner = trained.setdefault(training_key(recipe), recipe.name)
@@ -178,7 +240,7 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
                 metrics_file = eval_dir / "metrics.json"
                 res = json.loads(metrics_file.read_text()) if metrics_file.is_file() else evaluate_run(
                     run, split="test", n_boot=n_boot, out=eval_dir, procedure=recipe.inference.name,
-                    procedure_params=dict(recipe.inference.params))
+                    procedure_params=dict(recipe.inference.params), device=device)
                 res["checkpoint_of"] = owner
             else:
                 if (run_dir / "train.json").is_file():
@@ -190,7 +252,7 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
                 eval_dir = run_dir / "eval-test"
                 metrics_file = eval_dir / "metrics.json"
                 res = json.loads(metrics_file.read_text()) if metrics_file.is_file() else evaluate_run(
-                    run, split="test", n_boot=n_boot, out=eval_dir)
+                    run, split="test", n_boot=n_boot, out=eval_dir, device=device)
             raw.setdefault(recipe.name, []).append(res)
             preds.setdefault(recipe.name, []).append(eval_dir / "predictions.csv")
             blocks = dict(res.get("sites") or {})
