@@ -93,7 +93,7 @@ def one_step(args: argparse.Namespace) -> dict:
 
 def loading(n: int, shape: tuple[int, int, int], out: Path) -> dict:
     """Volumes/s through VolumeDataset: cold (read + resize + cache write), then cached."""
-    from chestdx.config import DataConfig
+    from chestdx.config import VolumeDataConfig
     from chestdx.data.layouts import from_manifest
     from chestdx.data.volume_dataset import VolumeDataset
     from chestdx.phantom.volumes import synthesize_volumes
@@ -101,8 +101,8 @@ def loading(n: int, shape: tuple[int, int, int], out: Path) -> dict:
     per_class = max(1, n // 2)
     manifest = synthesize_volumes(out / "vols", n_patients_per_class=per_class, num_classes=2, shape=shape)
     samples = from_manifest(manifest, ["noncovid", "covid"])
-    cfg = DataConfig(image_size=shape[1], volume_depth=shape[0], hu_window=(-600.0, 1500.0),
-                     cache_dir=str(out / "cache"))
+    cfg = VolumeDataConfig(image_size=shape[1], volume_depth=shape[0], hu_window=(-600.0, 1500.0),
+                           cache_dir=str(out / "cache"))
     ds = VolumeDataset(samples, cfg)
     t0 = time.perf_counter()
     for i in range(len(ds)):

@@ -360,7 +360,8 @@ class OutputNames:
 def _attention_overlay(predictor: Any, source: str, folder: Path, stem: str) -> str:
     """Write the mean-attention overlay of one image (MAG-SD localisation) as ``<stem>_attention.png``;
     returns the PNG path."""
-    from chestdx.evaluate.plots import overlay_heatmap, save_png
+    from chestdx.evaluate.plots import save_png
+    from chestdx.explain.overlays import overlay_heatmap
     from chestdx.explain.localize import attention_heatmap
 
     x = predictor.preprocess(source)[None]
@@ -373,7 +374,8 @@ def _attention_overlay(predictor: Any, source: str, folder: Path, stem: str) -> 
 def _write_overlays(pred: Any, folder: Path, stem: str) -> str:
     """Heatmap overlay PNG(s) of one answer: ``<stem>_cam.png`` or, for a scan, one per slice in
     ``<stem>/``; returns the file or folder written."""
-    from chestdx.evaluate.plots import overlay_answer, save_png
+    from chestdx.evaluate.plots import save_png
+    from chestdx.explain.overlays import overlay_answer
 
     if getattr(pred, "details", {}).get("heatmap_kind") == "lesion_mask":
         return _write_lesions(pred, folder, stem)
@@ -392,8 +394,8 @@ def _write_lesions(pred: Any, folder: Path, stem: str) -> str:
     boxes and scores); returns the overlay's path."""
     import numpy as np
 
-    from chestdx.evaluate.lesion import draw_lesions
     from chestdx.evaluate.plots import save_png
+    from chestdx.explain.overlays import draw_lesions
 
     mask = pred.heatmap > 0.5
     save_png((mask * 255).astype(np.uint8), folder / f"{stem}_lesions.png")

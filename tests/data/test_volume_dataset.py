@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import chestdx.data.volume_dataset as vd
-from chestdx.config import DataConfig, load_recipe
+from chestdx.config import VolumeDataConfig, load_recipe
 from chestdx.data.layouts import Sample, from_scan_folders, load_volume_source
 from chestdx.errors import DatasetError
 from chestdx.io import read_volume
@@ -19,7 +19,7 @@ from tests.dicom_utils import write_series
 
 
 def _cfg(tmp_path, **kw):
-    return DataConfig(image_size=16, volume_depth=8, cache_dir=str(tmp_path / "cache"), **kw)
+    return VolumeDataConfig(image_size=16, volume_depth=8, cache_dir=str(tmp_path / "cache"), **kw)
 
 
 def test_preprocess_resizes_and_scales_to_unit():

@@ -85,7 +85,7 @@ def test_bilstm_on_frozen_att2_embeddings(att2_run, phantom_scans, tmp_path):
     assert len(rows) == 3 and rows[0]["path"].endswith("_s1")
     # skipping short scans is counted: every scan with fewer than 9 slices
     from chestdx.data.sequences import build_sequences
-    from chestdx.engine.datamodule import load_samples
+    from chestdx.tasks import load_samples
 
     n_per_scan: dict[str, int] = {}
     for r in csv.DictReader(open(phantom_scans)):
@@ -121,9 +121,9 @@ def test_bilstm_with_precomputed_embeddings(att2_run, phantom_scans, tmp_path):
             "model": {"head_hidden": 8, "params": {"encoder": str(att2_run), "precompute_embeddings": True}},
             "trainer": {"epochs": 2}}
     recipe = load_recipe("att2_bilstm", over)
-    from chestdx.engine.datamodule import ChestDataModule, load_samples
+    from chestdx.tasks import get_task, load_samples
 
-    dm = ChestDataModule(recipe, load_samples([phantom_scans], recipe, check=False))
+    dm = get_task(recipe).datamodule(recipe, load_samples([phantom_scans], recipe, check=False))
     item = dm.dataset("train")[0]
     assert item["image"].shape == (8, 256 + 512) and "lesion" not in item  # (T, D) embeddings
     run = train(recipe, [phantom_scans], tmp_path / "seq", progress=False)

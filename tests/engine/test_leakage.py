@@ -63,9 +63,9 @@ def test_slice_run_checks_its_own_splits(tmp_path):
 
 def test_training_refuses_a_leak_and_the_evaluation_states_the_check(phantom_slices, tmp_path, capsys):
     from chestdx.cli import main
-    from chestdx.engine.datamodule import load_samples
     from chestdx.engine.train import train
     from chestdx.evaluate.run import evaluate_run
+    from chestdx.tasks import load_samples
     from tests.conftest import TINY
 
     recipe = load_recipe("demo", TINY)

@@ -255,7 +255,12 @@ def test_precision_forces_compute_and_lesion_skips_measuring(fresh_cache, monkey
     assert P.lightning_precision(recipe, P.training_mode(recipe, model)) == "bf16-mixed"
     lesion = recipe.model_copy(update={"task": "lesion", "trainer": recipe.trainer.model_copy(
         update={"precision": None, "speed": "auto"})})
-    assert P.training_mode(lesion, model).name == "fp32" and len(seen) == 1
+    from chestdx.tasks import get_task
+
+    measure = get_task(lesion).measure_training_speed  # False: the lesion task trains in its own loop
+    assert P.training_mode(lesion, model, measure=measure).name == "fp32" and len(seen) == 1
+    P.training_mode(lesion.model_copy(update={"task": "slice"}), model, measure=get_task("slice").measure_training_speed)
+    assert len(seen) == 2  # a slice recipe's auto is measured
 
 
 def test_unwritable_cache_still_resolves(tmp_path, monkeypatch):

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from chestdx.config import load_recipe
-from chestdx.engine.datamodule import load_samples
 from chestdx.engine.train import train
 from chestdx.evaluate.run import evaluate_run
+from chestdx.tasks import load_samples
 
 pytestmark = pytest.mark.realdata
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from chestdx.data.layouts import Sample
-from chestdx.evaluate.run import _write_predictions
+from chestdx.evaluate.run import write_predictions
 
 
 def test_predictions_csv_holds_the_vote_probabilities(tmp_path):
@@ -16,7 +16,7 @@ def test_predictions_csv_holds_the_vote_probabilities(tmp_path):
     votes = np.array([[0.52, 0.61, 0.9], [0.2, 0.1, 0.05], [0.7, 0.4, 0.3]])
     preds = {"probs": np.array([[0.53, 0.47], [0.8, 0.2], [0.3, 0.7]]), "index": np.array([0, 1, 2]),
              "flipped": np.array([1.0, 0.0, 0.0]), "vote_probs": votes, "vote_original": np.array([0.47, 0.2, 0.7])}
-    _write_predictions(tmp_path / "p.csv", samples, preds, ["noncovid", "covid"])
+    write_predictions(tmp_path / "p.csv", samples, preds, ["noncovid", "covid"])
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert list(rows[0]) == ["path", "site", "patient_id", "label", "pred", "p_noncovid", "p_covid", "flipped",
                              "vote_p_0", "vote_p_1", "vote_p_2", "vote_p_3"]
@@ -24,7 +24,7 @@ def test_predictions_csv_holds_the_vote_probabilities(tmp_path):
     assert [float(rows[0][f"vote_p_{j}"]) for j in range(4)] == pytest.approx([0.47, 0.52, 0.61, 0.9])
     assert rows[0]["flipped"] == "1" and rows[0]["pred"] == "noncovid"
     # without voting: no vote columns
-    _write_predictions(tmp_path / "q.csv", samples, {"probs": preds["probs"], "index": preds["index"]},
+    write_predictions(tmp_path / "q.csv", samples, {"probs": preds["probs"], "index": preds["index"]},
                        ["noncovid", "covid"])
     assert list(next(csv.DictReader(open(tmp_path / "q.csv")))) == ["path", "site", "patient_id", "label", "pred",
                                                                    "p_noncovid", "p_covid"]

@@ -277,7 +277,7 @@ def phantom_64(tmp_path_factory):
 
 def _split_tensors(manifest, recipe):
     from chestdx.data.datasets import SliceDataset
-    from chestdx.engine.datamodule import load_samples
+    from chestdx.tasks import load_samples
 
     samples = load_samples([manifest], recipe)
     out = {}

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, Transform
 
-from chestdx.config import DataConfig
+from chestdx.config import VolumeDataConfig
 from chestdx.data.layouts.base import Sample
 from chestdx.errors import ChestdxError, DataError, DatasetError
 from chestdx.io.volumes import is_volume_input, read_volume
@@ -89,7 +89,7 @@ class LoadVolume(Transform):
     Deterministic, so ``PersistentDataset`` caches its output. Errors name the file.
     """
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: VolumeDataConfig):
         self.cfg = cfg
         self.shape = (cfg.volume_depth, cfg.image_size, cfg.image_size)
 
@@ -135,7 +135,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     Args:
         samples: one record per scan (``path`` a series folder, zip, NIfTI, slice folder or ``.npy``).
-        cfg: the recipe's data section (``image_size``, ``volume_depth``, ``hu_window``, ``cache``,
+        cfg: the recipe's ``task: volume`` data section (``image_size``, ``volume_depth``, ``hu_window``, ``cache``,
             ``cache_dir``).
         train: unused (kept for the DataModule's interface; augmentation is batch-level).
         site_names: ordered site names (index = ``site`` value).
@@ -143,7 +143,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         cache_dir: override ``cfg.cache_dir``.
     """
 
-    def __init__(self, samples: Sequence[Any], cfg: DataConfig, train: bool = False,
+    def __init__(self, samples: Sequence[Any], cfg: VolumeDataConfig, train: bool = False,
                  site_names: Sequence[str] | None = None, cache: bool | None = None,
                  cache_dir: str | Path | None = None):
         self.samples = list(samples)

@@ -1,4 +1,5 @@
-"""The Lightning DataModule for 2D image tasks: sources -> samples -> splits -> cached datasets."""
+"""The Lightning DataModule of 2D images (samples with splits -> cached data sets -> loaders), which
+the other tasks' data modules extend (:mod:`chestdx.tasks`), and the patient-leak check of a run's splits."""
 
 from __future__ import annotations
 
@@ -20,40 +21,10 @@ from chestdx.errors import DatasetError
 log = logging.getLogger(__name__)
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: numpy's seed from the worker's torch seed."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
-
-
-def load_samples(sources: Sequence[str | Path], recipe: Recipe, check: bool = True) -> list[Any]:
-    """Read every source's layout, join the sites and give a split to samples that have none.
-
-    Samples without a split get a seeded, patient-grouped, class-stratified one
-    (``data.split_fractions``). With ``check``, every file is opened first and all bad files are
-    reported together.
-
-    Raises:
-        DatasetError: no source, an empty source, or unreadable files (all listed).
-    """
-    from chestdx.data.layouts import check_samples, load_sources
-    from chestdx.data.splits import patient_split
-
-    if not sources:
-        raise DatasetError("no data given: pass --data FOLDER_OR_CSV (one per site)")
-    if recipe.task == "volume":
-        from chestdx.data.layouts import load_volume_sources
-        from chestdx.data.volume_dataset import check_volume_samples
-
-        samples = load_volume_sources([str(s) for s in sources], tuple(recipe.data.class_names))
-    else:
-        samples = load_sources([str(s) for s in sources], tuple(recipe.data.class_names))
-    if any(s.split is None for s in samples):
-        samples = patient_split(samples, tuple(recipe.data.split_fractions), seed=recipe.seed)
-    if check and recipe.task == "volume":
-        check_volume_samples(samples)
-    elif check:
-        check_samples(samples, read=True)
-    return samples
 
 
 def encoder_run_folder(recipe: Recipe) -> Path | None:
@@ -136,16 +107,19 @@ def leakage_markdown(report: dict[str, Any]) -> str:
 
 
 class ChestDataModule(L.LightningDataModule):
-    """Train / val / test loaders over one or several sites.
+    """Train / val / test loaders over one or several sites: 2D images, items of
+    :class:`~chestdx.data.datasets.SliceDataset` (``image (B, 1, S, S)`` batches).
 
-    For ``task: sequence`` the slices are grouped into scans and cut to fixed-length sequences
-    (:func:`~chestdx.data.sequences.build_sequences`, ``data.sequence_length`` /
-    ``data.short_scans``); the loaders then give ``image (B, T, 1, S, S)`` and the class counts are
-    per sequence.
+    A task whose training cases are not the records themselves, or whose data sets differ, subclasses
+    it (:mod:`chestdx.tasks`): :meth:`build_cases` makes the cases (e.g. sequences of slices),
+    :meth:`make_dataset` one split's data set.
 
     Args:
         recipe: the recipe (its ``data`` section and seed are used).
-        samples: records with ``split`` set (see :func:`load_samples`).
+        samples: records with ``split`` set (see :func:`chestdx.tasks.load_samples`).
+
+    Raises:
+        DatasetError: no training or no validation case.
     """
 
     def __init__(self, recipe: Recipe, samples: Sequence[Any]):
@@ -155,25 +129,19 @@ class ChestDataModule(L.LightningDataModule):
         self.samples = list(samples)
         self.site_names = sorted({s.site for s in self.samples})
         self._datasets: dict[str, Any] = {}
-        self.sequences: list[Any] | None = None
-        self.sequence_report: Any = None
-        if recipe.task == "sequence":
-            from chestdx.data.sequences import build_sequences
-
-            self.sequences, self.sequence_report = build_sequences(
-                self.samples, self.cfg.sequence_length, self.cfg.short_scans)
-            if self.sequence_report.skipped_short:
-                log.warning("sequences: skipped %d of %d scans with fewer than %d slices "
-                            "(data.short_scans=repeat keeps them)", self.sequence_report.skipped_short,
-                            self.sequence_report.scans, self.cfg.sequence_length)
+        self.cases: list[Any] = self.build_cases()
         for split in ("train", "val"):
             if not self.split_samples(split):
                 raise DatasetError(f"the data has no '{split}' images; counts: {self.summary()}")
 
+    def build_cases(self) -> list[Any]:
+        """The training cases made from ``self.samples`` (called once, by ``__init__``): here the
+        records themselves, one image each."""
+        return self.samples
+
     def split_samples(self, split: str) -> list[Any]:
-        """The records of one split: slices, or sequences for ``task: sequence``."""
-        items = self.sequences if self.sequences is not None else self.samples
-        return [s for s in items if s.split == split]
+        """The cases of one split (:meth:`build_cases`)."""
+        return [s for s in self.cases if s.split == split]
 
     @property
     def class_counts(self) -> list[int]:
@@ -191,55 +159,25 @@ class ChestDataModule(L.LightningDataModule):
             name = self.cfg.class_names[s.label]
             d["per_class"][name] = d["per_class"].get(name, 0) + 1
             d["per_site"][s.site] = d["per_site"].get(s.site, 0) + 1
-        if self.sequences is not None:
-            seq: dict[str, Any] = {"report": self.sequence_report.to_dict()}
-            for q in self.sequences:
-                d = seq.setdefault(q.split or "none", {"total": 0, "per_class": {}})
-                d["total"] += 1
-                name = self.cfg.class_names[q.label]
-                d["per_class"][name] = d["per_class"].get(name, 0) + 1
-            out["sequences"] = seq
         return out
 
     def dataset(self, split: str, train: bool | None = None) -> Any:
+        """The data set of ``split`` (augmented when ``train``, default: the training split), built once."""
         key = f"{split}:{train}"
-        if key not in self._datasets and self.sequences is not None:
-            from chestdx.data.sequences import SequenceDataset
-
-            self._datasets[key] = SequenceDataset(
-                self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,
-                site_names=self.site_names, encoder=self._frozen_encoder(),
-            )
-        if key not in self._datasets and self.recipe.task == "volume":
-            from chestdx.data.volume_dataset import VolumeDataset
-
-            self._datasets[key] = VolumeDataset(self.split_samples(split), self.cfg, site_names=self.site_names)
         if key not in self._datasets:
-            self._datasets[key] = SliceDataset(
-                self.split_samples(split), self.cfg, train=(split == "train") if train is None else train,
-                site_names=self.site_names,
-            )
+            self._datasets[key] = self.make_dataset(split, (split == "train") if train is None else train)
         return self._datasets[key]
 
-    def _frozen_encoder(self) -> Any:
-        """The encoder whose embeddings are precomputed (``model.params.precompute_embeddings``), or None."""
-        params = self.recipe.model.params
-        if not params.get("precompute_embeddings"):
-            return None
-        if not hasattr(self, "_encoder"):
-            from chestdx.models.sequence import load_encoder
-
-            log.warning("sequences: slice embeddings precomputed once by the frozen encoder; the training "
-                        "augmentation is not applied")
-            self._encoder = load_encoder(str(params.get("encoder", "none")))[0]
-        return self._encoder
+    def make_dataset(self, split: str, train: bool) -> Any:
+        """A new data set over the cases of ``split``."""
+        return SliceDataset(self.split_samples(split), self.cfg, train=train, site_names=self.site_names)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator()
         g.manual_seed(self.recipe.seed)
         ds = self.dataset(split)
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle,
-                          num_workers=self.cfg.num_workers, worker_init_fn=_seed_worker, generator=g,
+                          num_workers=self.cfg.num_workers, worker_init_fn=seed_worker, generator=g,
                           drop_last=shuffle and len(ds) > self.cfg.batch_size,
                           persistent_workers=self.cfg.num_workers > 0)
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from chestdx.config import Recipe
 from chestdx.data.lesions import SegmentationDataset, collate_segmentation, load_segmentation_sources
-from chestdx.engine.datamodule import ChestDataModule, _seed_worker
+from chestdx.engine.datamodule import ChestDataModule, seed_worker
 from chestdx.engine.task import ChestTask
 from chestdx.engine.val_metrics import WeightedMean
 from chestdx.errors import ConfigError, DatasetError
@@ -125,7 +125,7 @@ class LesionDataModule(ChestDataModule):
         ds = PairedDataset(self.dataset("train"), self.seg_dataset("train"))
         bs = self.cfg.batch_size
         return DataLoader(ds, batch_size=bs, shuffle=True, num_workers=self.cfg.num_workers,
-                          worker_init_fn=_seed_worker, generator=self._gen(), collate_fn=collate_paired,
+                          worker_init_fn=seed_worker, generator=self._gen(), collate_fn=collate_paired,
                           drop_last=len(ds) > bs, persistent_workers=self.cfg.num_workers > 0)
 
     def seg_loader(self, split: str) -> DataLoader:

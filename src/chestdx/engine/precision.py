@@ -711,15 +711,10 @@ class InferenceSpeed:
 
 
 def example_shape(recipe: Any, in_chans: int = 1, batch: int | None = None) -> tuple[int, ...]:
-    """The input batch a recipe's model sees: ``(B, C, S, S)``; ``task: volume`` ``(B, C, D, S, S)``;
-    ``task: sequence`` ``(B, T, C, S, S)`` (``B`` = ``data.batch_size`` unless given)."""
-    d = recipe.data
-    b = int(batch or d.batch_size)
-    if recipe.task == "volume":
-        return (b, in_chans, d.volume_depth, d.image_size, d.image_size)
-    if recipe.task == "sequence":
-        return (b, d.sequence_length, in_chans, d.image_size, d.image_size)
-    return (b, in_chans, d.image_size, d.image_size)
+    """The input batch a recipe's model sees, as its task's data section gives it
+    (:meth:`chestdx.config.DataConfig.input_shape`): ``(B, C, S, S)``; ``task: volume``
+    ``(B, C, D, S, S)``; ``task: sequence`` ``(B, T, C, S, S)`` (``B`` = ``data.batch_size`` unless given)."""
+    return tuple(recipe.data.input_shape(in_chans, batch))
 
 
 def training_device(accelerator: str | None) -> str:
@@ -733,12 +728,13 @@ def training_device(accelerator: str | None) -> str:
     return "mps" if acc == "mps" else "cpu"
 
 
-def training_mode(recipe: Any, model: nn.Module, speed: str | None = None) -> ExecMode:
+def training_mode(recipe: Any, model: nn.Module, speed: str | None = None, *, measure: bool = True) -> ExecMode:
     """The execution mode a recipe trains in (``trainer.speed``, or ``speed`` where given).
 
     ``trainer.precision``, where set, forces the precision (``auto`` then measures only the memory
-    formats). ``task: lesion`` (a detector trained with its own two-step loop) resolves ``auto`` to
-    ``fp32`` (or ``$CHESTDX_SPEED``) without measuring: :func:`measure_modes` times the classifier only.
+    formats). With ``measure`` False (the task's ``measure_training_speed``: ``task: lesion``, a
+    detector trained with its own two-step loop) ``auto`` resolves to ``fp32`` (or ``$CHESTDX_SPEED``)
+    without measuring: :func:`measure_modes` times a classifier's training step only.
 
     Raises:
         ConfigError: an unknown setting.
@@ -746,7 +742,7 @@ def training_mode(recipe: Any, model: nn.Module, speed: str | None = None) -> Ex
     tc = recipe.trainer
     setting = speed or tc.speed
     compute = mode_from_precision(tc.precision)
-    if recipe.task == "lesion" and parse_speed(setting) is None:
+    if not measure and parse_speed(setting) is None:
         setting = _env_setting() or ExecMode(compute=compute or "fp32")  # type: ignore[arg-type]
     shape = example_shape(recipe, int(getattr(model, "in_chans", 1)))
     device = training_device(tc.accelerator)

@@ -26,13 +26,13 @@ from lightning.pytorch.loggers import CSVLogger
 from chestdx import __version__
 from chestdx.config import Recipe, load_recipe
 from chestdx.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
-from chestdx.engine.datamodule import ChestDataModule, load_samples, patient_leak_check
+from chestdx.engine.datamodule import patient_leak_check
 from chestdx.engine.precision import lightning_precision, training_mode
 from chestdx.engine.progress import EpochLog, describe_data
 from chestdx.engine.progress import log as progress_log
-from chestdx.engine.run import Run, read_samples, save_run_start, write_samples
-from chestdx.engine.task import ChestTask
+from chestdx.engine.run import Run, read_samples, save_run_start
 from chestdx.errors import RunError
+from chestdx.tasks import get_task
 from chestdx.utils import is_write_error, remove_stale_temp_files, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -263,23 +263,18 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
     elif (out / "recipe.yaml").exists() and any(ckdir.glob("*.ckpt")):
         raise RunError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     L.seed_everything(recipe.seed, workers=True, verbose=False)
+    kind = get_task(recipe)  # the task object (chestdx.tasks): its samples, data module and LightningModule
     if samples is None:
-        samples = load_samples(sources, recipe, check=check_files)
+        samples = kind.load_samples(sources, recipe, check=check_files)
     patient_leak_check(recipe, samples, out)  # refuses a patient leak (also against the encoder run): leakage.json
-    if recipe.task == "lesion":  # Algorithm 1 of the affinity paper: paired batches, two steps (engine/lesion.py)
-        from chestdx.engine.lesion import LesionDataModule, LesionTask
-
-        seg = read_samples(out / "segmentation_samples.csv") if resume else None
-        dm: ChestDataModule = LesionDataModule(recipe, samples, seg)
-    else:
-        dm = ChestDataModule(recipe, samples)
+    dm = kind.datamodule(recipe, samples, resume_from=out if resume else None)
     if not resume:
         (out / RESUME_OVERRIDES).unlink(missing_ok=True)  # from an earlier start that wrote no checkpoint
         save_run_start(out, recipe, dm.samples, [str(s) for s in sources], dm.summary(), dm.site_names)
-        if recipe.task == "lesion":
-            write_samples(out / "segmentation_samples.csv", dm.seg_samples)  # type: ignore[attr-defined]
-    task = (LesionTask if recipe.task == "lesion" else ChestTask)(recipe, dm.class_counts)
-    task.exec_mode = training_mode(recipe, task.model)  # trainer.speed (engine/precision.py); auto measures once
+        kind.save_run_files(out, dm)
+    task = kind.lightning_module(recipe, dm.class_counts)
+    # trainer.speed (engine/precision.py); auto measures once, unless the task trains in its own loop
+    task.exec_mode = training_mode(recipe, task.model, measure=kind.measure_training_speed)
     tc = recipe.trainer
     best = RunCheckpoint(dirpath=ckdir, filename="best", monitor=tc.monitor, mode=tc.monitor_mode,
                          save_last=False, save_top_k=1, enable_version_counter=False)

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from chestdx.data.datasets import SliceDataset
 from chestdx.engine.infer import predict_loader
 from chestdx.engine.run import Run, record_evaluation
 from chestdx.errors import DatasetError
+from chestdx.tasks import Evaluation, get_task
 from chestdx.utils import atomic_open, write_json, write_text
 
 
-def _write_predictions(path: Path, samples: Sequence[Any], preds: dict[str, np.ndarray],
+def write_predictions(path: Path, samples: Sequence[Any], preds: dict[str, np.ndarray],
                        class_names: Sequence[str]) -> None:
     """One row per case: ``path, site, patient_id, label, pred, p_<class>...``; after CAM voting also
     ``flipped``, ``vote_p_0`` (the whole image's probability of the positive class, or of the
@@ -124,10 +124,13 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
                  n_boot: int = 1000, which: str = "best", progress: bool = False,
                  scan_aggregate: str | None = None, localisation: bool = True,
                  segmentation_sources: Sequence[str | Path] | None = None,
-                 speed: str | None = None, heatmaps: Sequence[str] | str | None = None) -> dict[str, Any]:
+                 speed: str | None = None, heatmaps: Sequence[str] | str | None = None,
+                 device: Any = "cpu") -> dict[str, Any]:
     """Evaluate a run on ``split`` of its own data (or of ``sources``).
 
-    A ``task: sequence`` run is scored per sequence (one row per scan in ``predictions.csv``; the
+    The run's task object (:func:`chestdx.tasks.get_task`) says what a case is, builds the data set
+    and adds its own results (:meth:`~chestdx.tasks.base.Task.evaluate_extra`). A ``task: sequence``
+    run is scored per sequence (one row per scan in ``predictions.csv``; the
     sequence builder's report under ``"sequences"``; Fig. 6 drawings of a few sequences in
     ``OUT/sequence_attention/``). A slice run whose model makes attention maps (ResNet50-ATT2) is
     also scored for localisation where images have lesion masks (``"localisation"``: IoU of the
@@ -147,6 +150,9 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         speed: execution mode setting (``auto``, ``fp32``, ``channels_last+bf16``, ...; see
             :mod:`chestdx.engine.precision`); default the recipe's ``inference.speed``. The mode
             chosen is recorded as ``"speed"`` in the metrics.
+        device: where the model runs (a :class:`torch.device` or an accelerator: ``cpu``, ``cuda``,
+            ``auto``, ...; :func:`chestdx.engine.device.resolve_device`); the figures are the CPU's
+            to float precision.
 
     Returns:
         the metrics dict (also written to ``out``).
@@ -158,13 +164,12 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
 
     run = run if isinstance(run, Run) else Run(run)
     recipe = run.recipe
+    task = get_task(recipe)  # what a case is, its data set, and the task's own results (chestdx.tasks)
     from chestdx.evaluate.localisation import parse_heatmap_kinds
 
     heatmap_kinds = ["auto", *[k for k in parse_heatmap_kinds(heatmaps) if k != "auto"]]  # checked before any work
     if sources:
-        from chestdx.engine.datamodule import load_samples
-
-        samples = load_samples(sources, recipe)
+        samples = task.load_samples(sources, recipe)
     else:
         samples = run.samples()
     chosen = [s for s in samples if s.split == split]
@@ -173,24 +178,9 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
                            f"{sorted({str(s.split) for s in samples})})")
     out = Path(out) if out else run.path / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    model = run.load_model(which)
-    seq_report = None
-    ds: Any
-    if recipe.task == "sequence":
-        from chestdx.data.sequences import SequenceDataset, build_sequences
-
-        slices = chosen
-        chosen, seq_report = build_sequences(slices, recipe.data.sequence_length, recipe.data.short_scans)
-        if not chosen:
-            raise DatasetError(f"no '{split}' scan has {recipe.data.sequence_length} slices "
-                               f"({seq_report.skipped_short} skipped); set data.short_scans=repeat to pad them")
-        ds = SequenceDataset(chosen, recipe.data, train=False, site_names=run.site_names or None, cache=False)
-    elif recipe.task == "volume":
-        from chestdx.data.volume_dataset import VolumeDataset
-
-        ds = VolumeDataset(chosen, recipe.data, site_names=run.site_names or None)
-    else:
-        ds = SliceDataset(chosen, recipe.data, train=False, site_names=run.site_names or None, cache=False)
+    model = run.load_model(which, device=device)
+    chosen, case_report = task.eval_cases(recipe, chosen, split)  # e.g. a sequence run's sequences
+    ds = task.eval_dataset(recipe, chosen, run.site_names or None)
     loader = DataLoader(ds, batch_size=recipe.data.batch_size, shuffle=False)
     name = procedure or recipe.inference.name
     params = procedure_params if procedure_params is not None else (
@@ -206,7 +196,7 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     result = evaluate_predictions(
         preds["probs"], preds["label"].astype(int), [chosen[i].site for i in order],
         [chosen[i].patient_id for i in order], class_names, n_boot=n_boot, seed=recipe.seed,
-        aggregate=aggregate, case_unit={"sequence": "sequence", "volume": "scan"}.get(recipe.task, "image"),
+        aggregate=aggregate, case_unit=task.case_unit,
     )
     result["split"] = split
     result["procedure"] = name
@@ -215,11 +205,7 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
 
     result["leakage"] = patient_leak_check(recipe, samples, refuse=False)  # the split check, stated in metrics.md
     result["speed"] = mode.name
-    if seq_report is not None:
-        result["sequences"] = seq_report.to_dict()
-        with running(model, mode, device):
-            _sequence_figures(model, ds, out / "sequence_attention", class_names)
-    elif scan_aggregate:
+    if scan_aggregate and task.scan_aggregation:
         from chestdx.data.sequences import scan_id_of
         from chestdx.evaluate.metrics import classification_metrics
         from chestdx.evaluate.scan_level import scan_level_answers, write_scan_answers
@@ -233,8 +219,7 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         result["scan"]["aggregate"] = scan_aggregate
         result["scan"]["n_scans"] = len(answers.scan_ids)
         write_scan_answers(out / "scans.csv", answers, class_names)
-    if localisation and seq_report is None and recipe.task not in ("volume", "lesion") \
-            and any(s.mask for s in chosen):
+    if localisation and task.heatmap_localisation and any(s.mask for s in chosen):
         from chestdx.explain.attention_masks import localisation_iou
 
         with running(model, mode, device):
@@ -242,8 +227,8 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
         if loc["n_images"]:
             result["localisation"] = {k: v for k, v in loc.items() if k != "per_image"}
             write_json(out / "localisation.json", loc)
-    if localisation and seq_report is None and recipe.task not in ("volume", "lesion") \
-            and any(s.mask for s in chosen):  # every heatmap kind asked for (evaluate/localisation.py)
+    if localisation and task.heatmap_localisation and any(s.mask for s in chosen):
+        # every heatmap kind asked for (evaluate/localisation.py)
         from chestdx.evaluate.localisation import score_heatmaps
 
         with running(model, mode, device):
@@ -252,45 +237,18 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
             result["heatmap_localisation"] = {k: v for k, v in hloc.items() if k != "per_image"}
             attention = loc if "localisation" in result else {}  # loc: the attention scores above
             write_json(out / "localisation.json", {**attention, "heatmaps": hloc})
-    if recipe.task == "lesion":  # affinity paper: Eq. 14 F1 and COCO mask AP (evaluate/lesion.py)
-        from chestdx.evaluate.lesion import lesion_run_results
-
-        result.update(lesion_run_results(run, model, preds["label"].astype(int), preds["probs"], split, out,
-                                         segmentation_sources))
+    # the task's own results: a sequence run's builder report and Fig. 6, a lesion run's Eq. 14 F1 / mask AP
+    result.update(task.evaluate_extra(Evaluation(
+        run=run, model=model, preds=preds, cases=chosen, dataset=ds, report=case_report, split=split, out=out,
+        class_names=list(class_names), mode=mode, device=device, segmentation_sources=segmentation_sources)))
     if "flipped" in preds:
         result["flipped"] = int(preds["flipped"].sum())
     write_json(out / "metrics.json", result)
     if not sources:  # the run's own split: remember where, so that export finds it (model card)
         record_evaluation(run.path, split, out / "metrics.json")
     write_text(out / "metrics.md", metrics_report_markdown(result, f"{recipe.name} on {split}"))
-    _write_predictions(out / "predictions.csv", chosen, preds, class_names)
+    write_predictions(out / "predictions.csv", chosen, preds, class_names)
     plot_confusion_matrix(np.asarray(result["overall"]["confusion_matrix"]), class_names,
                           out / "confusion_matrix.png")
     plot_roc(preds["label"].astype(int), preds["probs"], class_names, out / "roc.png")
     return result
-
-
-def _sequence_figures(model: Any, ds: Any, folder: Path, class_names: Sequence[str], n: int = 3) -> None:
-    """Fig. 6 for the first ``n`` sequences of ``ds``: slice attention maps weighted by the sequence attention."""
-    import torch
-
-    from chestdx.explain.attention_masks import (
-        combine_attention,
-        has_attention_maps,
-        sequence_attention_figure,
-    )
-
-    for i in range(min(n, len(ds))):
-        item = ds[i]
-        with torch.no_grad():
-            out = model(item["image"][None])
-        images = item["image"][:, 0]  # (T, S, S)
-        if has_attention_maps({k: v for k, v in out.maps.items()}):
-            slice_maps = combine_attention(out.maps["att1"][0], out.maps["att2"][0], images.shape[-2:])
-        else:
-            slice_maps = torch.ones_like(images)
-        seq = ds.sequences[i]
-        pred = class_names[int(out.probs[0].argmax())]
-        sequence_attention_figure(images.numpy(), slice_maps.numpy(), out.maps["sequence_attention"][0].numpy(),
-                                  folder / f"sequence_{i:03d}.png",
-                                  title=f"{seq.scan_id}: label {class_names[seq.label]}, predicted {pred}")

@@ -134,8 +134,8 @@ class Batcher:
 
 
 def _answer_json(answer: Any, heatmap: bool) -> dict[str, Any]:
-    from chestdx.evaluate.plots import overlay_answer
     from chestdx.evaluate.report import image_data_uri as uri
+    from chestdx.explain.overlays import overlay_answer
 
     out = answer.to_json()
     out.pop("meta", None)

@@ -209,7 +209,7 @@ class Predictor:
         if study.kind == "image":
             x = self.preprocess_array(study.array, study.name)[None]
             answer = self.predict_tensor(x, [study.name], heatmap=heatmap)[0]
-            if heatmap:  # overlays are drawn at the image's own size (evaluate/plots.py overlay_answer)
+            if heatmap:  # overlays are drawn at the image's own size (explain/overlays.py overlay_answer)
                 answer.details["image_size"] = [int(v) for v in study.array.shape[-2:]]
             return answer
         x, idx = self.slice_batch(study, max_slices)
