@@ -1,2 +1,3 @@
-"""The engine: one LightningModule (:class:`~chestdx.engine.task.ChestTask`) and DataModule for every
-recipe, the run folder, training and inference procedures."""
+"""The engine: the generic LightningModule (:class:`~chestdx.engine.task.ChestTask`) and the 2D
+DataModule that the tasks (:mod:`chestdx.tasks`) use and extend, the run folder, training and
+inference procedures."""
