@@ -21,6 +21,10 @@ MISTAKES = [
     ("negative --epochs", ["train", "demo", "--data", ".", "--out", "x", "--epochs", "-1"]),
     ("missing --data", ["train", "demo", "--out", "x"]),
     ("data path not found", ["train", "demo", "--data", "/no/such/folder", "--out", "x"]),
+    # names and params keys are checked against the registries, which imports torch and the model
+    # modules (still before any data is read or anything trains)
+    ("misspelt inference name", ["train", "full", "--data", ".", "--out", "x", "--set", "inference.name=cam_votin"]),
+    ("misspelt params key", ["train", "full", "--data", ".", "--out", "x", "--set", "inference.params.thta=0.3"]),
     ("run folder not found", ["evaluate", "/no/such/run"]),
     ("model not found", ["predict", "/no/such/model", "scan.png"]),
     ("--help", ["--help"]),
