@@ -41,7 +41,10 @@ Usage::
     python benchmarks/refactor_parity.py compare BEFORE.json AFTER.json [--atol 1e-6]
 
 To record the code of another checkout, put its ``src`` first on ``PYTHONPATH``; the JSON's
-``meta.chestdx`` says which copy was imported. About 3-5 minutes on one core.
+``meta.chestdx`` says which copy was imported. A method whose command fails (or raises) is recorded
+with its error in ``meta.errors`` (traceback in the work folder's ``commands.log``) and the others
+still run; ``record`` then exits 1 and ``compare`` fails that method. About 1 minute on an idle
+core (2 on a busy one; ``--subprocess``: 4).
 """
 
 from __future__ import annotations
@@ -123,16 +126,22 @@ N_BOOT = "20"
 # ---------------------------------------------------------------------------------------------------
 
 
+class ParityError(Exception):
+    """A step of a method did not give its outputs (the method is recorded as failed)."""
+
+
 class Runner:
     """Runs ``chestdx`` commands (in this process, or each in a subprocess) and logs them."""
 
     def __init__(self, work: Path, log: Any, subprocess_mode: bool = False) -> None:
         self.work, self.log, self.subprocess_mode = work, log, subprocess_mode
         self.seconds: dict[str, float] = {}
+        self.last = ""
 
     def __call__(self, *argv: str) -> None:
         argv_s = [str(a) for a in argv]
-        print(f"$ chestdx {' '.join(argv_s)}", file=self.log, flush=True)
+        self.last = f"chestdx {' '.join(argv_s)}"
+        print(f"$ {self.last}", file=self.log, flush=True)
         t0 = time.perf_counter()
         if self.subprocess_mode:
             rc = subprocess.call([sys.executable, "-m", "chestdx.cli", *argv_s], stdout=self.log, stderr=self.log,
@@ -142,7 +151,7 @@ class Runner:
         dt = time.perf_counter() - t0
         self.seconds[argv_s[0]] = self.seconds.get(argv_s[0], 0.0) + dt
         if rc != 0:
-            raise SystemExit(f"refactor_parity: `chestdx {' '.join(argv_s)}` exited {rc}; see {self.log.name}")
+            raise ParityError(f"`chestdx {' '.join(argv_s)}` exited {rc}; see {self.log.name}")
 
 
 def _reseed() -> None:
@@ -202,7 +211,7 @@ def read_csv(path: Path, work: Path, key: str = "path", skip: tuple[str, ...] = 
                 case = f"{case}#{i}"
             out[case] = {k: _num(v) for k, v in row.items() if k != key and k not in skip}
     if not out:
-        raise SystemExit(f"refactor_parity: {path} has no rows")
+        raise ParityError(f"{path} has no rows")
     return out
 
 
@@ -238,7 +247,7 @@ def read_history(run: Path, work: Path) -> Table:
     """Every number of ``history.json``, one case per epoch."""
     hist = json.loads((run / "history.json").read_text(encoding="utf-8"))
     if not hist:
-        raise SystemExit(f"refactor_parity: {run}/history.json is empty")
+        raise ParityError(f"{run}/history.json is empty")
     return {f"epoch{i}": flatten(row, work, numbers_only=True) for i, row in enumerate(hist)}
 
 
@@ -253,7 +262,7 @@ def read_predict(path: Path, work: Path) -> Table:
         case = _rel(rec.get("file", str(i)), work)
         out[case] = flatten({k: v for k, v in rec.items() if k not in _PATH_FIELDS}, work)
     if not out:
-        raise SystemExit(f"refactor_parity: {path} has no predictions")
+        raise ParityError(f"{path} has no predictions")
     return out
 
 
@@ -325,7 +334,7 @@ def _predict(cli: Runner, run: Path, name: str, inputs: list[str], *args: str) -
 def _train(cli: Runner, recipe: str, run: Path, data: Path, *args: str) -> Steps:
     cli("train", recipe, "--data", data, "--out", run, "--no-progress", "--seed", "0", *args)
     if not (run / "checkpoints" / "best.ckpt").is_file():
-        raise SystemExit(f"refactor_parity: {run} has no checkpoints/best.ckpt")
+        raise ParityError(f"{run} has no checkpoints/best.ckpt")
     return {"train": read_history(run, cli.work)}
 
 
@@ -475,25 +484,36 @@ def record(out: Path, only: list[str], work_dir: str | None, keep: bool, subproc
         log_path = work / "commands.log"
         values: dict[str, Steps] = {}
         seconds: dict[str, float] = {}
+        errors: dict[str, str] = {}
         with open(log_path, "w", encoding="utf-8") as log:
             cli = Runner(work, log, subprocess_mode)
             for name in only:
                 t0 = time.perf_counter()
-                values[name] = METHODS[name](cli)
+                try:
+                    values[name] = METHODS[name](cli)
+                except Exception as e:  # one method's failure: recorded, the others still run
+                    import traceback
+
+                    traceback.print_exc(file=log)
+                    values[name] = {}
+                    errors[name] = f"{type(e).__name__}: {e} (during `{cli.last}`)"
+                    print(f"{name}: FAILED: {errors[name]}; traceback in {log_path}", flush=True)
                 seconds[name] = round(time.perf_counter() - t0, 1)
-                n = sum(len(f) for t in values[name].values() for f in t.values())
-                print(f"{name}: {n} values in {seconds[name]:.0f} s", flush=True)
+                if name not in errors:
+                    n = sum(len(f) for t in values[name].values() for f in t.values())
+                    print(f"{name}: {n} values in {seconds[name]:.0f} s", flush=True)
         if keep or work_dir:
             print(f"work folder kept: {work} (commands in {log_path})")
     meta = {"chestdx": str(Path(chestdx.__file__).parent), "python": sys.version.split()[0],
             "torch": torch.__version__, "env": {k: os.environ.get(k) for k in ENV}, "methods": only,
             "seconds": seconds, "seconds_per_command": {k: round(v, 1) for k, v in cli.seconds.items()},
-            "subprocess": subprocess_mode}
+            "subprocess": subprocess_mode, "errors": errors}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "values": values}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     total = sum(seconds.values())
-    print(f"wrote {out} ({total:.0f} s; chestdx from {meta['chestdx']})")
-    return 0
+    print(f"wrote {out} ({total:.0f} s; chestdx from {meta['chestdx']})"
+          + (f"; {len(errors)} method(s) FAILED: {', '.join(errors)}" if errors else ""))
+    return 1 if errors else 0
 
 
 def _leaves(values: dict[str, Any]) -> dict[str, Value]:
@@ -510,6 +530,9 @@ def _same_kind(x: Value, y: Value) -> bool:
 def compare(before_path: Path, after_path: Path, atol: float, show: int = 5) -> int:
     """Print per method: values, largest absolute difference, differences over ``atol``, changed
     labels / strings, missing and new keys, PASS / FAIL. Returns 1 if any method fails."""
+    for p in (before_path, after_path):
+        if not p.is_file():
+            raise SystemExit(f"refactor_parity compare: {p} not found (write it with `record {p}`)")
     before, after = (json.loads(p.read_text(encoding="utf-8")) for p in (before_path, after_path))
     bv, av = before["values"], after["values"]
     print(f"before: {before_path} (chestdx from {before['meta'].get('chestdx')})")
@@ -524,7 +547,9 @@ def compare(before_path: Path, after_path: Path, atol: float, show: int = 5) -> 
         if not b or not a:
             failed = True
             print(f"| {method} | {len(b) or len(a)} | - | - | - | - | - | FAIL |")
-            notes.append(f"{method}: not recorded {'before' if not b else 'after'}")
+            side = before if not b else after
+            err = side["meta"].get("errors", {}).get(method)
+            notes.append(f"{method}: not recorded {'before' if not b else 'after'}" + (f": {err}" if err else ""))
             continue
         missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
         worst, over, changed = 0.0, [], []
