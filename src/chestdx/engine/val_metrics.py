@@ -55,7 +55,7 @@ class _BinaryValAUROC(BinaryAUROC):
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         super().update(preds[:, 1], target)
 
-    def compute(self) -> Tensor:
+    def compute(self) -> Tensor:  # type: ignore[override]
         nan = _nan_if_one_class(self.target)
         return super().compute() if nan is None else nan
 
@@ -63,7 +63,7 @@ class _BinaryValAUROC(BinaryAUROC):
 class _MulticlassValAUROC(MulticlassAUROC):
     """Macro one-vs-rest ROC AUC from ``probs (B, K)``; NaN when fewer than two classes occur."""
 
-    def compute(self) -> Tensor:
+    def compute(self) -> Tensor:  # type: ignore[override]
         nan = _nan_if_one_class(self.target)
         return super().compute() if nan is None else nan
 
@@ -101,6 +101,8 @@ class WeightedMean(Metric):
     """
 
     full_state_update = False
+    weighted: list[Tensor]  # batch mean * batch size, one per update (one tensor after a sync)
+    counts: list[Tensor]  # batch sizes
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -108,8 +110,8 @@ class WeightedMean(Metric):
         self.add_state("counts", default=[], dist_reduce_fx="cat")
 
     def update(self, value: Tensor, n: int) -> None:  # type: ignore[override]
-        self.weighted.append(value.detach().reshape(()) * n)  # type: ignore[union-attr]
-        self.counts.append(torch.tensor(float(n), device=value.device))  # type: ignore[union-attr]
+        self.weighted.append(value.detach().reshape(()) * n)
+        self.counts.append(torch.tensor(float(n), device=value.device))
 
     def compute(self) -> Tensor:
         if isinstance(self.weighted, list) and not self.weighted:  # after a sync: one tensor
