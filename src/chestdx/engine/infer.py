@@ -10,7 +10,7 @@ bf16 / fp16 autocast, float32 outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ class InferenceResult:
     output: Any = None
 
 
-PROCEDURES = Registry("inference procedure", fixed=("model", "images"))
+PROCEDURES: Registry[Callable[..., InferenceResult]] = Registry("inference procedure", fixed=("model", "images"))
 """A recipe's ``inference.name`` -> ``procedure(model, images, **params) -> InferenceResult``; the
 recipe's ``inference.params`` are checked against the procedure's keywords when the recipe loads."""
 

@@ -8,14 +8,14 @@ class is its own factory (``@MIXERS.register("snapmix")`` above ``class SnapMix`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
 from chestdx.registry import Registry
 
-MIXERS = Registry("mixing", fixed=("prob", "num_classes"))
+MIXERS: Registry[Callable[..., nn.Module]] = Registry("mixing", fixed=("prob", "num_classes"))
 
 
 def mixer_names() -> list[str]:

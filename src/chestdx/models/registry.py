@@ -15,6 +15,7 @@ so that a recipe's ``model.params`` are checked against that class when the reci
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chestdx.errors import ConfigError
@@ -22,7 +23,7 @@ from chestdx.models.backbones import Backbone
 from chestdx.models.base import ChestModel
 from chestdx.registry import Registry
 
-MODELS = Registry("model", fixed=("cfg", "num_classes", "in_chans"))
+MODELS: Registry[Callable[..., ChestModel]] = Registry("model", fixed=("cfg", "num_classes", "in_chans"))
 
 SECTION_ARGS = ("backbone", "weights", "dropout")
 """The model section's keys a builder passes to its class itself (never ``params`` keys)."""

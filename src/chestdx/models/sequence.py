@@ -202,10 +202,11 @@ def _read_encoder(spec: str) -> tuple[dict[str, Any], dict[str, Tensor], int | N
         raise ConfigError(f"{path}: not a chestdx training checkpoint (hyper_parameters is not a dict)")
     if "recipe" not in hp or "state_dict" not in ckpt:
         raise ConfigError(f"{path}: not a chestdx training checkpoint (no recipe / state_dict)")
-    recipe = hp["recipe"]
+    recipe: Any = hp["recipe"]
     try:
-        description = {"model": dict(recipe["model"]), "num_classes": len(recipe["data"]["class_names"]),
-                       "image_size": int(recipe["data"]["image_size"])}
+        description: dict[str, Any] = {"model": dict(recipe["model"]),
+                                       "num_classes": len(recipe["data"]["class_names"]),
+                                       "image_size": int(recipe["data"]["image_size"])}
     except (AttributeError, KeyError, TypeError, ValueError):
         raise ConfigError(f"{path}: not a chestdx training checkpoint (its recipe has no model section, "
                           "data.class_names or data.image_size)") from None

@@ -13,14 +13,14 @@ factory::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from chestdx.registry import Registry
 
-OBJECTIVES = Registry("objective", fixed=("num_classes", "class_counts"))
+OBJECTIVES: Registry[Callable[..., nn.Module]] = Registry("objective", fixed=("num_classes", "class_counts"))
 
 
 def objective_names() -> list[str]:
