@@ -361,8 +361,8 @@ def _attention_overlay(predictor: Any, source: str, folder: Path, stem: str) -> 
     """Write the mean-attention overlay of one image (MAG-SD localisation) as ``<stem>_attention.png``;
     returns the PNG path."""
     from chestdx.evaluate.plots import save_png
-    from chestdx.explain.overlays import overlay_heatmap
     from chestdx.explain.localize import attention_heatmap
+    from chestdx.explain.overlays import overlay_heatmap
 
     x = predictor.preprocess(source)[None]
     hm = attention_heatmap(predictor.model, x.to(predictor.device))[0].cpu().numpy()

@@ -24,9 +24,10 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
     """
     from chestdx.config import load_recipe
     from chestdx.engine.train import train
-    from chestdx.evaluate.plots import overlay_answer, plot_training_curves, save_png
+    from chestdx.evaluate.plots import plot_training_curves, save_png
     from chestdx.evaluate.report import html_report, write_html
     from chestdx.evaluate.run import evaluate_run, metrics_report_markdown
+    from chestdx.explain.overlays import overlay_answer
     from chestdx.phantom import synthesize_slices
     from chestdx.serve.predictor import Prediction, Predictor
 

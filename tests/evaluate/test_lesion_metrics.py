@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from chestdx.evaluate.lesion import _coco_objects, class_metrics, draw_lesions, mask_ap
+from chestdx.evaluate.lesion import _coco_objects, class_metrics, mask_ap
 
 
 def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -92,14 +92,6 @@ def test_class_metrics_and_eq14_by_hand():
     assert c["pneumonia"]["f1"] == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
     assert m["eq14_f1"] != pytest.approx(m["weighted_f1"])
     assert "not the usual F1" in m["note"]
-
-
-def test_draw_lesions_is_rgb():
-    img = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
-    pic = draw_lesions(img, _box(16, 16, 2, 6, 2, 6)[None], np.array([[2, 2, 6, 6]]), np.array([0.8]),
-                       gt=_box(16, 16, 8, 12, 8, 12))
-    assert pic.shape == (16, 16, 3) and pic.dtype == np.uint8
-    assert tuple(pic[8, 8]) == (0, 255, 0)
 
 
 def test_class_metrics_agrees_with_classification_metrics_on_an_absent_class():

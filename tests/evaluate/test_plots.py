@@ -1,4 +1,4 @@
-"""Tests of chestdx.evaluate.plots: PNGs written (atomically), overlay colours, bad input."""
+"""Tests of chestdx.evaluate.plots: PNGs written (atomically), bad input."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from chestdx.evaluate.plots import (
-    overlay_heatmap,
     plot_confusion_matrix,
     plot_roc,
     plot_training_curves,
     png_bytes,
     save_png,
 )
+from chestdx.explain.overlays import overlay_heatmap
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,34 +74,6 @@ def test_training_curves_png(tmp_path):
     assert_png(plot_training_curves([{"loss": 1.0}, {"loss": 0.5}], tmp_path / "loss_only.png"))
     with pytest.raises(ValueError, match="no numeric column"):
         plot_training_curves([{"epoch": 0, "note": "x"}], tmp_path / "bad.png")
-
-
-def test_overlay_colours_by_hand():
-    image = np.array([[0.0, 0.5], [1.0, 0.25]])
-    heat = np.array([[0.0, 2.0], [1.0, 0.0]])
-    plain = overlay_heatmap(image, heat, alpha=0.0)
-    assert plain.shape == (2, 2, 3) and plain.dtype == np.uint8
-    np.testing.assert_array_equal(plain[..., 0], [[0, 128], [255, 64]])
-    np.testing.assert_array_equal(plain[..., 0], plain[..., 2])
-    full = overlay_heatmap(image, heat, alpha=1.0)
-    # jet: 0 -> dark blue (0, 0, .5), 1 -> dark red (.5, 0, 0); heatmap scaled by its max (2)
-    np.testing.assert_array_equal(full[0, 0], [0, 0, 128])
-    np.testing.assert_array_equal(full[0, 1], [128, 0, 0])
-    half = overlay_heatmap(image, heat, alpha=0.4)
-    expected = np.round(0.6 * 127.5 + 0.4 * 127.5)  # grey .5 blended with dark red on channel 0
-    assert half[0, 1, 0] == expected
-
-
-def test_overlay_bad_input():
-    img = np.zeros((4, 4))
-    with pytest.raises(ValueError, match="upsample"):
-        overlay_heatmap(img, np.zeros((2, 2)))
-    with pytest.raises(ValueError, match=">= 0"):
-        overlay_heatmap(img, -np.ones((4, 4)))
-    with pytest.raises(ValueError, match="NaN"):
-        overlay_heatmap(img, np.full((4, 4), np.nan))
-    with pytest.raises(ValueError, match="alpha"):
-        overlay_heatmap(img, np.zeros((4, 4)), alpha=1.5)
 
 
 def test_save_png_roundtrip(tmp_path):

@@ -2,7 +2,7 @@
 
 - :mod:`chestdx.evaluate.metrics`  figures with percentile-bootstrap intervals, case aggregation,
   mean +- std over seeds
-- :mod:`chestdx.evaluate.plots`    confusion matrix, ROC, training curves, heatmap overlays (Agg, atomic)
+- :mod:`chestdx.evaluate.plots`    confusion matrix, ROC, training curves, PNG writing (Agg, atomic)
 - :mod:`chestdx.evaluate.report`   markdown tables, metrics.json / metrics.md, self-contained HTML
 """
 
@@ -15,7 +15,6 @@ from chestdx.evaluate.metrics import (
     validate_predictions,
 )
 from chestdx.evaluate.plots import (
-    overlay_heatmap,
     plot_confusion_matrix,
     plot_roc,
     plot_training_curves,
@@ -43,7 +42,6 @@ __all__ = [
     "markdown_table",
     "markdown_to_html",
     "metrics_markdown",
-    "overlay_heatmap",
     "plot_confusion_matrix",
     "plot_roc",
     "plot_training_curves",

@@ -168,46 +168,6 @@ def class_metrics(labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.
                     "specificity), not the usual F1 (harmonic mean of precision and sensitivity)"}
 
 
-def draw_lesions(image: np.ndarray, masks: np.ndarray | None = None, boxes: np.ndarray | None = None,
-                 scores: np.ndarray | None = None, gt: np.ndarray | None = None) -> np.ndarray:
-    """An RGB overlay: image in grey, predicted lesion masks in red, boxes with their scores in
-    yellow, ground-truth outline in green.
-
-    Args:
-        image: ``(H, W)`` float (any range).
-        masks: ``(m, H, W)`` bool predicted masks.
-        boxes: ``(m, 4)`` ``(x0, y0, x1, y1)``.
-        scores: ``(m,)``.
-        gt: ``(H, W)`` bool ground-truth lesion mask.
-
-    Returns:
-        ``(H, W, 3)`` uint8.
-    """
-    from PIL import Image, ImageDraw
-
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = float(img.min()), float(img.max())
-    grey = ((img - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(img)).astype(np.uint8)
-    rgb = np.stack([grey] * 3, -1).astype(np.float32)
-    if masks is not None and len(masks):
-        union = np.asarray(masks, bool).any(0)
-        rgb[union] = 0.5 * rgb[union] + 0.5 * np.array([255, 0, 0], np.float32)
-    if gt is not None:
-        from scipy.ndimage import binary_erosion
-
-        g = np.asarray(gt, bool)
-        edge = g & ~binary_erosion(g)
-        rgb[edge] = (0, 255, 0)
-    out = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-    if boxes is not None and len(boxes):
-        draw = ImageDraw.Draw(out)
-        for j, b in enumerate(np.asarray(boxes, dtype=float)):
-            draw.rectangle([b[0], b[1], max(b[0], b[2] - 1), max(b[1], b[3] - 1)], outline=(255, 220, 0))
-            if scores is not None:
-                draw.text((b[0] + 1, max(0.0, b[1] - 10)), f"{float(scores[j]):.2f}", fill=(255, 220, 0))
-    return np.asarray(out)
-
-
 def predict_lesions(model: Any, images: Any, mask_threshold: float = 0.5,
                     score_threshold: float = 0.0) -> list[dict[str, np.ndarray]]:
     """Run the affinity model's detector on ``(N, 1, S, S)``.
@@ -244,6 +204,7 @@ def evaluate_segmentation(model: Any, samples: Sequence[Any], cfg: Any, out: str
 
     from chestdx.data.lesions import SegmentationDataset
     from chestdx.evaluate.plots import save_png
+    from chestdx.explain.overlays import draw_lesions
     from chestdx.utils import write_json
 
     t0 = time.time()

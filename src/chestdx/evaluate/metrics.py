@@ -156,7 +156,7 @@ def _macro(score: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) ->
     return _div0((score * w).sum(-1), w.sum(-1))
 
 
-def _auc_weighted(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC AUC of one class for every row of case weights.
 
     Args:
@@ -278,7 +278,7 @@ def _stats_from_weights(
     cm = (weights @ onehot).reshape(-1, k, k)  # (B, K, K), rows = true
     out = confusion_statistics(cm)
     del out["support"]
-    auc = np.stack([_auc_weighted(probs[:, c], y == c, weights) for c in range(k)], axis=1)
+    auc = np.stack([weighted_auc(probs[:, c], y == c, weights) for c in range(k)], axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows -> NaN
         out["macro_auc"] = np.nanmean(auc, axis=1)

@@ -26,6 +26,7 @@ from chestdx.utils import as_float, write_json, write_text
 
 __all__ = [
     "PLUS_MINUS",
+    "REPORT_CSS",
     "format_figure",
     "html_report",
     "markdown_table",
@@ -279,7 +280,8 @@ def seed_table(
 # HTML
 # --------------------------------------------------------------------------------------------
 
-_CSS = """
+#: The style sheet of every chestdx HTML page (reports, the study report, the service page).
+REPORT_CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 60rem;
        padding: 0 1rem; color: #1d2330; line-height: 1.45; }
 h1 { border-bottom: 2px solid #d6dbe4; padding-bottom: .3rem; }
@@ -424,7 +426,7 @@ def html_report(
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{t}</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{REPORT_CSS}</style>",
         "</head>",
         "<body>",
         f"<h1>{t}</h1>",

@@ -89,29 +89,6 @@ def mask_iou(pred: Any, truth: Any) -> float:
     return float("nan") if union == 0 else float((p & t).sum()) / union
 
 
-def to_unit_image(image: Any) -> np.ndarray:
-    """Min-max a (z-scored) image ``(H, W)`` to ``[0, 1]`` for drawing."""
-    a = np.asarray(image, dtype=np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-
-
-def mask_overlay(image: Any, heatmap: Any, mask: Any, alpha: float = 0.4) -> np.ndarray:
-    """Fig. 5 / 7 panel: the image with the attention heatmap (jet) and the mask outline (white).
-
-    Returns:
-        ``(H, W, 3)`` uint8.
-    """
-    from skimage.segmentation import find_boundaries
-
-    from chestdx.evaluate.plots import overlay_heatmap
-
-    rgb = overlay_heatmap(to_unit_image(image), np.clip(np.asarray(heatmap, np.float64), 0, None), alpha)
-    edge = find_boundaries(np.asarray(mask, dtype=bool), mode="inner")
-    rgb[edge] = 255
-    return rgb
-
-
 def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None = None,
                      max_overlays: int = 16) -> dict[str, Any]:
     """Localisation IoU of the attention masks against the ground-truth lesion masks.
@@ -137,6 +114,7 @@ def localisation_iou(model: Any, loader: Any, *, overlays_dir: str | Path | None
     from chestdx.engine.device import model_device
     from chestdx.evaluate.plots import save_png
     from chestdx.explain.localize import attention_heatmap, box_mask, mask_box
+    from chestdx.explain.overlays import mask_overlay
 
     model.eval()
     rows: list[dict[str, float]] = []
@@ -202,7 +180,8 @@ def sequence_attention_figure(images: Any, slice_maps: Any, weights: Any, path: 
     Returns:
         ``path``.
     """
-    from chestdx.evaluate.plots import new_figure, overlay_heatmap, save_figure
+    from chestdx.evaluate.plots import new_figure, save_figure
+    from chestdx.explain.overlays import overlay_heatmap, to_unit_image
 
     imgs = np.asarray(images, dtype=np.float64)
     hm = np.clip(np.asarray(slice_maps, dtype=np.float64), 0, None)

@@ -156,7 +156,13 @@ def find_timm_weights(arch: str, otherwise: str = "or train from scratch with we
     return found
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in the weights file ``path`` (a bare state dict or a checkpoint holding
+    ``state_dict``), read on the CPU with ``weights_only=True``.
+
+    Raises:
+        WeightsNotFoundError: the file cannot be read or holds no state dict; the message names it.
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read the file is the user's to fix
@@ -399,7 +405,7 @@ def load_backbone_weights(model: nn.Module, name: str, weights: str, in_chans: i
         path = Path(weights)
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file not found: {path}")
-    state = _load_state(path)
+    state = load_state_dict_file(path)
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     if "conv1.weight" in state:
         state["conv1.weight"] = adapt_first_conv(state["conv1.weight"], in_chans)
@@ -479,7 +485,7 @@ def packaged_imagenet_state(name: str, path: Path | None = None) -> dict[str, Te
 
     arch = _ALIASES.get(name, name.removeprefix("timm:"))
     path = path or packaged_weight_file(name)
-    state = _load_state(path)
+    state = load_state_dict_file(path)
     ref = timm.create_model(arch, pretrained=False).state_dict()
     return map_by_position(list(state.items()), [(k, v.shape) for k, v in ref.items()], origin=str(path))
 
@@ -499,12 +505,12 @@ def load_timm_weights(backbone: TimmBackbone, weights: str) -> None:
             origin = f"{_PACKAGED[arch][0]} ({_PACKAGED[arch][3]})"
         else:
             found = find_timm_weights(arch, f"or use {packaged_backbones()} ({INSTALL_WEIGHTS}), or --weights none.")
-            state, origin = _load_state(found), str(found)
+            state, origin = load_state_dict_file(found), str(found)
     else:
         path = Path(weights)
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file not found: {path}")
-        state, origin = _load_state(path), str(path)
+        state, origin = load_state_dict_file(path), str(path)
         state = {k.removeprefix("module.").removeprefix("backbone.").removeprefix("net."): v
                  for k, v in state.items()}
     import timm

@@ -235,7 +235,7 @@ def inflated_backbone_names() -> list[str]:
 
 def _timm_weights(net: nn.Module, name: str, weights: str, in_chans: int) -> None:
     """Load local ImageNet (or other) weights into a timm network (never downloads)."""
-    from chestdx.models.backbones import _load_state, adapt_first_conv, find_timm_weights
+    from chestdx.models.backbones import adapt_first_conv, find_timm_weights, load_state_dict_file
 
     if weights in ("none", "", None):
         return
@@ -245,7 +245,7 @@ def _timm_weights(net: nn.Module, name: str, weights: str, in_chans: int) -> Non
         path = Path(weights)
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file not found: {path}")
-    state = {k.removeprefix("module."): v for k, v in _load_state(path).items()}
+    state = {k.removeprefix("module."): v for k, v in load_state_dict_file(path).items()}
     own = net.state_dict()
     for k, v in list(state.items()):
         if k in own and v.ndim == 4 and own[k].ndim == 4 and v.shape[1] != own[k].shape[1]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from chestdx.evaluate.report import _CSS
+from chestdx.evaluate.report import REPORT_CSS
 
 __all__ = ["page_html"]
 
@@ -88,7 +88,7 @@ def page_html(card: dict[str, Any], max_upload_mb: float) -> str:
     classes = html.escape(", ".join(card.get("class_names") or []))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>chestdx: {name}</title><style>{_CSS}{_PAGE_CSS}</style></head>
+<title>chestdx: {name}</title><style>{REPORT_CSS}{_PAGE_CSS}</style></head>
 <body>
 <h1>chestdx: {name}</h1>
 <p class="warn">Research software, <b>not a medical device</b>: not for diagnosis or treatment decisions.</p>

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from chestdx.evaluate.plots import overlay_answer
-from chestdx.evaluate.report import _CSS, image_data_uri, markdown_to_html, write_html
+from chestdx.evaluate.report import REPORT_CSS, image_data_uri, markdown_to_html, write_html
+from chestdx.explain.overlays import overlay_answer
 from chestdx.serve.bundle import card_markdown
 
 __all__ = ["study_report", "write_study_report"]
@@ -116,7 +116,7 @@ def study_report(answer: Any, card: dict[str, Any], class_names: list[str]) -> s
     name = html.escape(Path(str(answer.source).rstrip("/")).name or str(answer.source))
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>chestdx report: {name}</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>",
+             f"<title>chestdx report: {name}</title><style>{REPORT_CSS}{_EXTRA_CSS}</style></head><body>",
              f"<h1>chestdx report: {name}</h1>",
              '<p class="warn">Research software, NOT a medical device. This answer must not be used to make or '
              "change a diagnosis or a treatment decision; a qualified reader must check it against the images.</p>",
