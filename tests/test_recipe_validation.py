@@ -13,7 +13,7 @@ import yaml
 from chestdx.config import load_recipe, part_problems, recipe_names, validate_recipe
 from chestdx.engine.infer import PROCEDURES, run_procedure
 from chestdx.errors import ConfigError
-from chestdx.evaluate.table import load_rows, row_overrides
+from chestdx.experiments.table import load_rows, row_overrides
 from chestdx.mixing import MIXERS
 from chestdx.models import MODELS
 from chestdx.objectives import OBJECTIVES

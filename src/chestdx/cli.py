@@ -192,32 +192,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = resume_recipe(args.out, args.recipe, _overrides_from_args(args))
     else:
         recipe = load_recipe(args.recipe, _overrides_from_args(args))
-    if args.folds:
-        return _train_folds(recipe, args)
+    if args.folds:  # one run per patient-grouped fold in OUT/fold<f> (experiments/kfold.py)
+        from chestdx.experiments.kfold import train_folds
+
+        train_folds(recipe, args.data or [], args.out, args.folds, only=args.fold, force=args.force,
+                    progress=_bars(args))
+        return 0
     run = train(recipe, args.data or [], args.out, resume=args.resume, force=args.force,
                 progress=_bars(args))
     print(f"run written to {run.path} (best checkpoint {run.checkpoint('best').name})")
-    return 0
-
-
-def _train_folds(recipe: Any, args: argparse.Namespace) -> int:
-    """Patient-grouped k-fold: one run per fold in ``OUT/fold<f>`` (fold f is the test split; 15% of
-    the other folds' patients validate). Finished folds are kept; an interrupted one resumes."""
-    from chestdx.data.splits import kfold_train_val_test
-    from chestdx.engine.train import train
-    from chestdx.tasks import load_samples
-
-    samples = load_samples(args.data or [], recipe)
-    folds = [args.fold] if args.fold is not None else list(range(args.folds))
-    for f in folds:
-        out = Path(args.out) / f"fold{f}"
-        if (out / "train.json").is_file():
-            print(f"fold {f}: finished before, kept ({out})")
-            continue
-        resume = (out / "checkpoints" / "last.ckpt").is_file()
-        train(recipe, args.data or [], out, resume=resume, force=args.force, progress=_bars(args),
-              samples=None if resume else kfold_train_val_test(samples, args.folds, f, seed=recipe.seed))
-        print(f"fold {f} written to {out}")
     return 0
 
 
@@ -245,36 +228,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from chestdx.evaluate.run import evaluate_run, metrics_report_markdown
 
     device = _device(args)
-    folds = sorted(Path(args.run).glob("fold*/recipe.yaml"))
-    if not (Path(args.run) / "recipe.yaml").is_file() and folds:
-        return _evaluate_folds(args, [f.parent for f in folds])
+    from chestdx.experiments.kfold import evaluate_folds, fold_runs
+
+    folds = fold_runs(args.run)
+    if not (Path(args.run) / "recipe.yaml").is_file() and folds:  # the folds of `chestdx train --folds`
+        print(evaluate_folds(args.run, folds, split=args.split, procedure=args.procedure, n_boot=args.n_boot,
+                             which=args.checkpoint, progress=_bars(args), speed=args.speed, device=device))
+        return 0
     res = evaluate_run(args.run, args.data, split=args.split, out=args.out, procedure=args.procedure,
                        aggregate=args.aggregate, n_boot=args.n_boot, which=args.checkpoint,
                        scan_aggregate=args.scan_aggregate, segmentation_sources=args.seg_data,
                        progress=_bars(args), speed=args.speed, heatmaps=args.heatmap, device=device)
     print(metrics_report_markdown(res, f"{Path(args.run).name} on {args.split}"))
-    return 0
-
-
-def _evaluate_folds(args: argparse.Namespace, runs: list[Path]) -> int:
-    """Evaluate every fold run of ``chestdx train --folds`` and write ``cv_summary.md`` (mean +- std
-    over folds, per site)."""
-    from chestdx.evaluate.report import seed_table
-    from chestdx.evaluate.run import evaluate_run
-    from chestdx.utils import write_text
-
-    per_site: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        res = evaluate_run(run, split=args.split, procedure=args.procedure, n_boot=args.n_boot,
-                           which=args.checkpoint, progress=_bars(args), speed=args.speed,
-                           device=_device(args))
-        for site, block in {**(res.get("sites") or {}), "all sites": res["overall"]}.items():
-            per_site.setdefault(site, []).append(block)
-    table = seed_table({Path(args.run).name: per_site}, metrics=("accuracy", "recall", "specificity", "f1", "auc"),
-                       row_header="Run")
-    text = f"{len(runs)} folds of {args.run}, {args.split} split of each fold, mean +- std over folds.\n\n{table}"
-    write_text(Path(args.run) / "cv_summary.md", text)
-    print(text)
     return 0
 
 
@@ -417,7 +382,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from chestdx.evaluate.table import run_table
+    from chestdx.experiments.table import run_table
 
     device = _device(args, training=True)
     over = _overrides_from_args(args)
@@ -721,7 +686,7 @@ def _precheck(args: argparse.Namespace) -> None:
         if stored_too:
             load_recipe(stored, over)
         if cmd == "table":
-            from chestdx.evaluate.table import load_rows
+            from chestdx.experiments.table import load_rows
 
             load_rows(names, over)  # an inference.params override goes to the rows that take it
         else:

@@ -49,7 +49,7 @@ def procedure_names() -> list[str]:
 @PROCEDURES.register("plain")
 def plain(model: ChestModel, images: Tensor) -> InferenceResult:
     """One forward pass, softmax; no params (a table's ``inference.params`` override goes only to the
-    rows whose procedure takes it: :func:`chestdx.evaluate.table.row_overrides`)."""
+    rows whose procedure takes it: :func:`chestdx.experiments.table.row_overrides`)."""
     with torch.no_grad():
         out = model(images)
     return InferenceResult(out.probs, output=out)

@@ -10,7 +10,7 @@ import pytest
 from chestdx.cli import main
 from chestdx.config import deep_merge, load_recipe
 from chestdx.engine.train import train
-from chestdx.evaluate.table import run_table
+from chestdx.experiments.table import run_table
 from chestdx.evaluate.voting_sweep import sweep_voting
 from tests.conftest import CAM_TINY
 
@@ -81,7 +81,7 @@ def test_voting_row_answers_the_snapmix_cpe_checkpoint(phantom_binary, tmp_path)
 
 
 def test_rows_that_differ_from_the_baseline_are_marked(tmp_path):
-    from chestdx.evaluate.table import _comparisons, _differences_markdown
+    from chestdx.experiments.table import _comparisons, _differences_markdown
     from tests.evaluate.test_compare import _pair, _write
 
     files, y, pa, pb, patients = _pair()

@@ -222,11 +222,11 @@ def run_table(recipes: Sequence[str], sources: Sequence[str | Path], out: str | 
     for name in recipes:
         for s in range(folds or seeds):
             if folds:
-                from chestdx.data.splits import kfold_train_val_test
+                from chestdx.experiments.kfold import fold_samples
 
                 recipe = load_recipe(name, row_overrides(name, overrides))
                 sub = f"fold{s}"
-                run_samples = kfold_train_val_test(samples, folds, s, seed=first.seed)
+                run_samples = fold_samples(samples, folds, s, seed=first.seed)
             else:
                 recipe = load_recipe(name, deep_merge(row_overrides(name, overrides), {"seed": first.seed + s}))
                 sub = f"seed{s}"
