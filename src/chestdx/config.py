@@ -533,7 +533,8 @@ def recipe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:  
         out.append(key)
         for t in (f.annotation, *typing.get_args(f.annotation)):
             if isinstance(t, type) and issubclass(t, BaseModel):
-                for section in ([t, *DATA_SECTIONS.values()] if t is DataConfig else [t]):
+                sections: list[type[BaseModel]] = [t, *DATA_SECTIONS.values()] if t is DataConfig else [t]
+                for section in sections:
                     out += [k for k in recipe_keys(section, key + ".") if k not in out]
                 break
     return out

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,7 @@ class LesionDataModule(ChestDataModule):
 
     def __init__(self, recipe: Recipe, samples: Sequence[Any], seg_samples: Sequence[Any] | None = None):
         super().__init__(recipe, samples)
-        cfg = recipe.data
+        cfg = cast(LesionDataConfig, recipe.data)
         if seg_samples is None:
             if cfg.segmentation_sources:
                 seg_samples = load_segmentation_sources(cfg.segmentation_sources, cfg.class_names,
@@ -131,7 +131,8 @@ class LesionDataModule(ChestDataModule):
         if key not in self._datasets:
             self._datasets[key] = SegmentationDataset(
                 [s for s in self.seg_samples if s.split == split], self.cfg,
-                train=(split == "train") if train is None else train, min_area=self.cfg.min_lesion_area)
+                train=(split == "train") if train is None else train,
+                min_area=cast(LesionDataConfig, self.cfg).min_lesion_area)
         return self._datasets[key]  # type: ignore[no-any-return]
 
     def _gen(self) -> torch.Generator:
