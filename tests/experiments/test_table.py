@@ -10,8 +10,8 @@ import pytest
 from chestdx.cli import main
 from chestdx.config import deep_merge, load_recipe
 from chestdx.engine.train import train
-from chestdx.experiments.table import run_table
 from chestdx.evaluate.voting_sweep import sweep_voting
+from chestdx.experiments.table import run_table
 from tests.conftest import CAM_TINY
 
 
