@@ -203,7 +203,7 @@ def voting(model: Any, mode: Any, size: int, n_images: int) -> Any:
 def predict_call(model: Any, backbone: str, mode: Any, size: int) -> Any:
     """``Predictor.predict`` of one 512 px slice with its CAM heatmap (an array in: preprocessing,
     forward, CAM), plain procedure; call it to run once."""
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.predictor import Predictor
 
     pred = Predictor.from_model(_recipe(backbone, size, 16), copy.deepcopy(model), speed=mode.name)
     g = np.random.default_rng(0)

@@ -27,7 +27,7 @@ import torch
 def _predictor(recipe_name: str, backbone: str, size: int):  # noqa: ANN202
     from chestdx.config import load_recipe
     from chestdx.models import build_model
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.predictor import Predictor
 
     recipe = load_recipe(recipe_name, {"data": {"image_size": size},
                                        "model": {"backbone": backbone, "weights": "none"},

@@ -39,8 +39,8 @@ def _serve(port: int, size: int, backbone: str) -> None:
 
     from chestdx.config import load_recipe
     from chestdx.models import build_model
+    from chestdx.predict.predictor import Predictor
     from chestdx.serve.app import create_app, header_timeout_protocol
-    from chestdx.serve.predictor import Predictor
 
     recipe = load_recipe("demo", {"data": {"image_size": size}, "model": {"backbone": backbone, "weights": "none"}})
     pred = Predictor.from_model(recipe, build_model(recipe.model, num_classes=recipe.data.num_classes))

@@ -1,10 +1,12 @@
-"""Shared fixtures: the real-data folder (skipped where absent) and small phantom data sets."""
+"""Shared fixtures: the real-data folder (skipped where absent), small phantom data sets, and a tiny
+trained run with its bundle (predict and serve tests)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,3 +65,43 @@ CAM_TINY = {"data": {"image_size": 64, "batch_size": 8}, "trainer": {"epochs": 1
             "model": {"backbone": "resnet18", "weights": "none", "head_hidden": 16},
             "optim": {"name": "adam", "lr": 1e-3}}
 """Overrides that shrink the cam-snapmix paper recipes (ResNet-50, 224 px, ImageNet) to seconds."""
+
+
+# A tiny trained run and its bundle, made once for the predict and serve tests
+@pytest.fixture(scope="session")
+def tiny_run(phantom_slices, tmp_path_factory) -> Path:
+    from chestdx.config import load_recipe
+    from chestdx.engine.train import train
+
+    out = tmp_path_factory.mktemp("serve") / "run"
+    train(load_recipe("demo", TINY), [phantom_slices], out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    from chestdx.predict.bundle import export_bundle
+
+    return export_bundle(tiny_run, tmp_path_factory.mktemp("bundle") / "model")
+
+
+@pytest.fixture(scope="session")
+def phantom_png(phantom_slices) -> Path:
+    import csv
+
+    with open(phantom_slices, newline="") as f:
+        row = next(csv.DictReader(f))
+    p = Path(row["path"])
+    return p if p.is_absolute() else Path(phantom_slices).parent / p
+
+
+@pytest.fixture(scope="session")
+def series_dir(tmp_path_factory) -> Path:
+    """A 6-slice DICOM series (HU -1000..400 pattern) with shuffled file names."""
+    from tests.dicom_utils import write_series
+
+    rng = np.random.default_rng(0)
+    vol = (rng.integers(0, 1400, size=(6, 40, 40))).astype(np.uint16)
+    out = tmp_path_factory.mktemp("series") / "series"
+    write_series(out, vol, intercept=-1000.0)
+    return out

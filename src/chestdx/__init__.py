@@ -12,7 +12,10 @@ The package is organised by role (see ``docs/architecture.md``):
 - :mod:`chestdx.engine`      the one Lightning training loop
 - :mod:`chestdx.evaluate`    metrics with confidence intervals, plots, reports
 - :mod:`chestdx.recipes`     one YAML file per method / ablation
-- :mod:`chestdx.serve`       bundles, the predictor, HTML reports, the web service
+- :mod:`chestdx.tasks`       one object per task (slice, sequence, volume, lesion): data, module, evaluation
+- :mod:`chestdx.experiments` trainings of many runs: paper tables, k-fold
+- :mod:`chestdx.predict`     the Python API of a trained model: bundles, the predictor, explanation reports
+- :mod:`chestdx.serve`       the web service (FastAPI) over a predictor
 
 Use a trained model from Python::
 
@@ -24,14 +27,14 @@ Use a trained model from Python::
 
 from typing import Any
 
-__version__ = "0.1.0"
+from chestdx.version import __version__
 
 __all__ = ["__version__", "load_model"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import chestdx` does not import torch
     if name == "load_model":
-        from chestdx.serve.predictor import load_model
+        from chestdx.predict import load_model
 
         return load_model
     raise AttributeError(f"module 'chestdx' has no attribute {name!r}")

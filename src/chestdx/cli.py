@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chestdx import __version__
 from chestdx.errors import ChestdxError
+from chestdx.version import __version__
 
 
 def _bars(args: argparse.Namespace) -> bool:
@@ -246,8 +246,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from chestdx.serve.inputs import expand_inputs
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.inputs import expand_inputs
+    from chestdx.predict.predictor import Predictor
     from chestdx.utils import atomic_open, to_json
 
     predictor = Predictor(args.model, which=args.checkpoint, procedure=args.procedure,
@@ -406,7 +406,7 @@ def cmd_sweep_voting(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from chestdx.serve.bundle import export_bundle
+    from chestdx.predict.bundle import export_bundle
 
     out = export_bundle(args.run, args.out, which=args.checkpoint, overwrite=args.overwrite)
     print(f"model bundle: {out}")
@@ -414,8 +414,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from chestdx.serve.predictor import Predictor
-    from chestdx.serve.report import write_study_report
+    from chestdx.predict.predictor import Predictor
+    from chestdx.predict.report import write_study_report
 
     predictor = Predictor(args.model, procedure=args.procedure, speed=args.speed, device=_device(args))
     out = write_study_report(predictor, args.input, args.out, aggregate=args.scan_aggregate,

@@ -29,7 +29,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
     from chestdx.evaluate.run import evaluate_run, metrics_report_markdown
     from chestdx.explain.overlays import overlay_answer
     from chestdx.phantom import synthesize_slices
-    from chestdx.serve.predictor import Prediction, Predictor
+    from chestdx.predict.predictor import Prediction, Predictor
 
     out = Path(out)
     t0 = time.time()
@@ -68,8 +68,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
         caption = (f"{Path(s.path).name}: true {run.class_names[s.label]}, predicted {pred.label} "
                    f"({pred.probs[pred.label]:.2f})")
         images.append((caption, png))
-    from chestdx.serve.bundle import export_bundle
-    from chestdx.serve.report import write_study_report
+    from chestdx.predict.bundle import export_bundle
+    from chestdx.predict.report import write_study_report
 
     bundle = export_bundle(run, out / "model", overwrite=True)
     study = write_study_report(Predictor(bundle), picks[-1].path, out / "study_report.html")

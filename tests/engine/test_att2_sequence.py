@@ -97,9 +97,9 @@ def test_bilstm_on_frozen_att2_embeddings(att2_run, phantom_scans, tmp_path):
     import numpy as np
 
     from chestdx.io import read_image
-    from chestdx.serve.bundle import export_bundle, load_bundle
-    from chestdx.serve.predictor import Predictor
-    from chestdx.serve.report import study_report
+    from chestdx.predict.bundle import export_bundle, load_bundle
+    from chestdx.predict.predictor import Predictor
+    from chestdx.predict.report import study_report
 
     bundle = export_bundle(run.path, tmp_path / "model")
     enc = json.loads((bundle / "bundle.json").read_text())["recipe"]["model"]["params"]["encoder"]

@@ -144,7 +144,7 @@ def test_intra_ensemble_views_and_3d_gradcam(cmc_run):
 
 
 def test_predictor_answers_a_volume_with_slice_heatmaps(cmc_run):
-    from chestdx.serve.predictor import Predictor, ScanPrediction
+    from chestdx.predict.predictor import Predictor, ScanPrediction
 
     run, manifest = cmc_run
     nii = next((manifest.parent / "volumes").glob("*.nii.gz"))

@@ -372,7 +372,7 @@ def test_bf16_attention_maps_close_to_fp32(recipe, kind):
 
 @needs_bf16
 def test_predictor_and_voting_in_bf16(trained):
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.predictor import Predictor
 
     model, _ = trained
     recipe = load_recipe("baseline", {**SMALL, "inference": {"name": "cam_voting", "params": {"k": 5, "cell": 8}}})

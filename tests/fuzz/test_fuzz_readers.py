@@ -56,7 +56,7 @@ from pydicom.uid import (
 
 from chestdx.errors import ChestdxError, DataError
 from chestdx.io import VolumeMeta, is_volume_input, read_image, read_mask, read_volume
-from chestdx.serve.inputs import Study, expand_inputs, load_study, study_from_bytes
+from chestdx.predict.inputs import Study, expand_inputs, load_study, study_from_bytes
 
 SEED = 13
 #: Longest any one call may take (seconds); the readers refuse bombs in milliseconds.
@@ -1016,16 +1016,12 @@ def test_fuzz_expand_inputs(tmp_path):
 
 
 _RSS_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, time, types
+    import json, resource, sys, time
     from pathlib import Path
     import chestdx
 
-    # import chestdx.serve.inputs without chestdx/serve/__init__.py (which loads torch for the
-    # predictor): the readers alone, so that the baseline is theirs and the process starts fast
-    serve = types.ModuleType("chestdx.serve")
-    serve.__path__ = [str(Path(chestdx.__file__).parent / "serve")]
-    sys.modules["chestdx.serve"] = serve
-    from chestdx.serve.inputs import load_study, study_from_bytes
+    # chestdx.predict's __init__ is lazy: the readers alone load, so the baseline is theirs
+    from chestdx.predict.inputs import load_study, study_from_bytes
     from chestdx.errors import ChestdxError
 
     def peak_rss():

@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from chestdx.predict.inputs import sniff_bytes
+from chestdx.predict.predictor import Predictor
 from chestdx.serve.app import create_app
-from chestdx.serve.inputs import sniff_bytes
-from chestdx.serve.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ def _free_port() -> int:
 def server(bundle):
     import uvicorn
 
+    from chestdx.predict.predictor import Predictor
     from chestdx.serve.app import create_app
-    from chestdx.serve.predictor import Predictor
 
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(Predictor(bundle)), host="127.0.0.1", port=port,

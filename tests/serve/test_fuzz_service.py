@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from chestdx.predict.predictor import Predictor
 from chestdx.serve.app import create_app
-from chestdx.serve.predictor import Predictor
 from tests.dicom_utils import write_dicom
 
 SEED = 1234

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from chestdx.errors import ChestdxError, RunError
-from chestdx.serve.bundle import BundleError, load_bundle
+from chestdx.predict.bundle import BundleError, load_bundle
 
 
 class _Marker:
@@ -99,7 +99,7 @@ def test_encoder_checkpoint_is_read_weights_only(tmp_path):
 
 
 def test_export_refuses_a_pickled_checkpoint(tiny_run, tmp_path):
-    from chestdx.serve.bundle import export_bundle
+    from chestdx.predict.bundle import export_bundle
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -119,8 +119,8 @@ def live(bundle):
     """The service under real uvicorn on a free loopback port: 1 MB uploads, 1 s timeouts."""
     import uvicorn
 
+    from chestdx.predict.predictor import Predictor
     from chestdx.serve.app import create_app, header_timeout_protocol
-    from chestdx.serve.predictor import Predictor
 
     app = create_app(Predictor(bundle), max_upload_mb=1.0, body_timeout_s=1.0)
     sock = socket.socket()
@@ -221,7 +221,7 @@ def test_predict_answers_every_good_input_around_bad_ones(bundle, phantom_png, t
     """A reader failing with an untyped exception costs only its own input; overlay names keep the
     whole stem and never collide."""
     from chestdx import cli
-    from chestdx.serve import predictor as predictor_mod
+    from chestdx.predict import predictor as predictor_mod
 
     inputs = tmp_path / "in"
     (inputs / "a").mkdir(parents=True)
@@ -279,6 +279,6 @@ def test_upload_folders_of_a_killed_server_are_removed_at_start(predictor_for_ap
 
 @pytest.fixture(scope="module")
 def predictor_for_app(bundle):
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.predictor import Predictor
 
     return Predictor(bundle)

@@ -4,7 +4,7 @@ Every command that runs a trained model (``evaluate``, ``ensemble``, ``predict``
 ``serve``, ``table``'s evaluation, ``sweep-voting``) takes ``--accelerator`` and ``--devices``;
 :func:`resolve_device` turns them into one :class:`torch.device`, which
 :meth:`chestdx.engine.run.Run.load_task`, :func:`chestdx.engine.infer.predict_loader` and the
-:class:`~chestdx.serve.predictor.Predictor` (and so the service) move the model and each batch to.
+:class:`~chestdx.predict.predictor.Predictor` (and so the service) move the model and each batch to.
 Results come back as CPU numpy arrays. Training keeps Lightning's own reading of the same flags
 (``trainer.accelerator`` / ``trainer.devices``).
 

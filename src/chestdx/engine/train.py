@@ -23,7 +23,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from chestdx import __version__
 from chestdx.config import Recipe, load_recipe
 from chestdx.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
 from chestdx.engine.datamodule import patient_leak_check
@@ -34,6 +33,7 @@ from chestdx.engine.run import Run, read_samples, save_run_start
 from chestdx.errors import RunError
 from chestdx.tasks import get_task
 from chestdx.utils import is_write_error, remove_stale_temp_files, write_json, write_text
+from chestdx.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -152,7 +152,7 @@ def heatmap_caption(details: dict[str, Any]) -> str:
 
 
 def overlay_answer(answer: Any, alpha: float = 0.4) -> np.ndarray:
-    """The overlay of an answer (a :class:`~chestdx.serve.predictor.Prediction` with ``image`` and
+    """The overlay of an answer (a :class:`~chestdx.predict.predictor.Prediction` with ``image`` and
     ``heatmap``) as the service, the report and ``chestdx predict`` draw it: at the original image's
     size (``details["image_size"]``, else the file's own size when ``source`` is a readable 2D image
     file), shorter side at least 256 px, with a colour bar and a caption naming the map kind and grid."""

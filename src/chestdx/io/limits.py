@@ -5,7 +5,7 @@ NumberOfFrames * SamplesPerPixel``, NIfTI / ``.npy`` header shape, zip directory
 limits **before** decoding, so a small file that unpacks to gigabytes is refused in milliseconds.
 Each limit is a module-level default that callers override per call with a keyword argument
 (``max_pixels=``, ``max_voxels=``, ``max_unzipped_bytes=``, ...); the web service passes its own
-settings through :func:`chestdx.serve.inputs.study_from_bytes`.
+settings through :func:`chestdx.predict.inputs.study_from_bytes`.
 """
 
 from __future__ import annotations

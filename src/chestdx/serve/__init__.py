@@ -1,14 +1,3 @@
-"""Using a trained model: bundles, the predictor (Python and ``chestdx predict``), HTML reports and
-the web service. Imports are lazy: ``import chestdx.serve.inputs`` does not load torch."""
-
-from typing import Any
-
-__all__ = ["Prediction", "Predictor"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from chestdx.serve import predictor
-
-        return getattr(predictor, name)
-    raise AttributeError(f"module 'chestdx.serve' has no attribute {name!r}")
+"""The web service: ``chestdx serve`` (FastAPI app in :mod:`~chestdx.serve.app`, its page in
+:mod:`~chestdx.serve.page`) over a :class:`~chestdx.predict.predictor.Predictor`. The Python API of a
+trained model lives in :mod:`chestdx.predict`."""

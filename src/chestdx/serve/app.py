@@ -47,7 +47,7 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse
 
 from chestdx.errors import ChestdxError, ConfigError, DataError
-from chestdx.serve.inputs import UnsupportedType, remove_orphan_uploads, study_from_bytes
+from chestdx.predict.inputs import UnsupportedType, remove_orphan_uploads, study_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Batcher:
     """Gathers preprocessed images from concurrent requests into shared forward passes.
 
     Args:
-        predictor: a :class:`~chestdx.serve.predictor.Predictor`.
+        predictor: a :class:`~chestdx.predict.predictor.Predictor`.
         max_batch: most images per forward pass.
         wait_ms: how long the worker waits for more jobs after the first arrives.
     """
@@ -250,7 +250,7 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
     """The FastAPI app serving ``predictor`` (see the module docstring for the endpoints).
 
     Args:
-        predictor: a :class:`~chestdx.serve.predictor.Predictor`.
+        predictor: a :class:`~chestdx.predict.predictor.Predictor`.
         max_upload_mb: largest upload; enforced while the body streams.
         max_batch / batch_wait_ms: the :class:`Batcher`'s shared forward passes.
         max_slices: most slices of a scan answered (evenly spaced).
@@ -263,7 +263,7 @@ def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16,
         decode_timeout_s: an upload that takes longer to decode is answered 408.
         body_timeout_s: longest wait for the next chunk of a body (408 after it).
     """
-    from chestdx import __version__
+    from chestdx.version import __version__
 
     limit = int(max_upload_mb * 1024 * 1024)
     batcher = Batcher(predictor, max_batch=max_batch, wait_ms=batch_wait_ms)
@@ -406,7 +406,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, header_tim
     """
     import uvicorn
 
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.predictor import Predictor
 
     predictor = Predictor(model_path, speed=speed, device=device)
     log.info("device %s, execution modes: %s", predictor.device,

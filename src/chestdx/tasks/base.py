@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from chestdx.data.layouts import Sample
     from chestdx.engine.datamodule import ChestDataModule
     from chestdx.engine.task import ChestTask
-    from chestdx.serve.answers import Prediction, ScanPrediction
-    from chestdx.serve.inputs import Study
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.answers import Prediction, ScanPrediction
+    from chestdx.predict.inputs import Study
+    from chestdx.predict.predictor import Predictor
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Task:
     @property
     def per_slice(self) -> bool:
         """The model answers 2D images: a scan is answered slice by slice and aggregated, and a
-        bundle carries the training images' input profile (:mod:`chestdx.serve.ood`)."""
+        bundle carries the training images' input profile (:mod:`chestdx.predict.ood`)."""
         return self.input_kind == "image"
 
     # ------------------------------------------------------------------------------------ data
@@ -195,7 +195,7 @@ class Task:
     def predict_images(self, predictor: Predictor, images: Any, sources: Sequence[str],
                        heatmap: bool) -> list[Prediction]:
         """Answer a preprocessed batch ``images (B, 1, S, S)`` (on the predictor's device): one
-        :class:`~chestdx.serve.answers.Prediction` per image (the classifier's answer)."""
+        :class:`~chestdx.predict.answers.Prediction` per image (the classifier's answer)."""
         return predictor.classify_images(images, sources, heatmap)
 
     def predict_study(self, predictor: Predictor, study: Study, heatmap: bool, aggregate: str,

@@ -54,8 +54,8 @@ from chestdx.tasks.base import Evaluation, Task
 
 if TYPE_CHECKING:
     from chestdx.data.layouts import Sample
-    from chestdx.serve.answers import Prediction
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.answers import Prediction
+    from chestdx.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ class Lesions(Task):
         import numpy as np
 
         from chestdx.evaluate.lesion import predict_lesions
-        from chestdx.serve.answers import Prediction, unit_scale
+        from chestdx.predict.answers import Prediction, unit_scale
 
         with predictor.lock, torch.no_grad():
             probs = predictor.model(images).probs.float().cpu().numpy()

@@ -24,9 +24,9 @@ from chestdx.tasks.base import Evaluation, Task
 if TYPE_CHECKING:
     from chestdx.config import Recipe
     from chestdx.data.layouts import Sample
-    from chestdx.serve.answers import Prediction, ScanPrediction
-    from chestdx.serve.inputs import Study
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.answers import Prediction, ScanPrediction
+    from chestdx.predict.inputs import Study
+    from chestdx.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Sequences(Task):
 
         from chestdx.data.sequences import uniform_indices
         from chestdx.explain.attention_masks import combine_attention
-        from chestdx.serve.answers import Prediction, ScanPrediction, unit_scale
+        from chestdx.predict.answers import Prediction, ScanPrediction, unit_scale
 
         if study.kind == "image":
             raise ConfigError(f"{study.name}: a sequence model answers scans (a series folder, zip, NIfTI, slice "

@@ -21,9 +21,9 @@ from chestdx.tasks.base import Task
 if TYPE_CHECKING:
     from chestdx.config import Recipe
     from chestdx.data.layouts import Sample
-    from chestdx.serve.answers import Prediction, ScanPrediction
-    from chestdx.serve.inputs import Study
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.answers import Prediction, ScanPrediction
+    from chestdx.predict.inputs import Study
+    from chestdx.predict.predictor import Predictor
 
 
 def _data(recipe: Recipe) -> VolumeDataConfig:
@@ -83,7 +83,7 @@ class Volumes(Task):
                       max_slices: int | None, batch_size: int) -> Prediction | ScanPrediction:
         """One forward on the whole preprocessed volume.
 
-        The scan (already HU-windowed by :func:`~chestdx.serve.inputs.load_study`) is resized to
+        The scan (already HU-windowed by :func:`~chestdx.predict.inputs.load_study`) is resized to
         ``(data.volume_depth, S, S)`` and scaled to ``[0, 1]`` as in training
         (:func:`~chestdx.data.volume_dataset.preprocess_volume`); the recipe's procedure answers it
         (``plain`` or ``intra_ensemble``). ``slices`` holds one :class:`Prediction` per resized slice,
@@ -98,7 +98,7 @@ class Volumes(Task):
         from chestdx.data.volume_dataset import preprocess_volume
         from chestdx.engine.infer import run_procedure
         from chestdx.explain.cam import volume_cam
-        from chestdx.serve.answers import Prediction, ScanPrediction
+        from chestdx.predict.answers import Prediction, ScanPrediction
 
         if study.kind == "image":
             raise ConfigError(f"{study.name}: a 3D model answers scans (a series folder, zip, NIfTI, slice "

@@ -18,7 +18,7 @@ import numpy as np
 
 from chestdx.evaluate.report import REPORT_CSS, image_data_uri, markdown_to_html, write_html
 from chestdx.explain.overlays import overlay_answer
-from chestdx.serve.bundle import card_markdown
+from chestdx.predict.bundle import card_markdown
 
 __all__ = ["study_report", "write_study_report"]
 
@@ -110,8 +110,8 @@ show({start});
 
 
 def study_report(answer: Any, card: dict[str, Any], class_names: list[str]) -> str:
-    """The HTML page of one answered study (a :class:`~chestdx.serve.predictor.Prediction` or
-    :class:`~chestdx.serve.predictor.ScanPrediction`)."""
+    """The HTML page of one answered study (a :class:`~chestdx.predict.predictor.Prediction` or
+    :class:`~chestdx.predict.predictor.ScanPrediction`)."""
     is_scan = getattr(answer, "slices", None) is not None
     name = html.escape(Path(str(answer.source).rstrip("/")).name or str(answer.source))
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

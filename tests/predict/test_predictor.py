@@ -12,7 +12,7 @@ from PIL import Image
 import chestdx
 from chestdx.errors import DataError
 from chestdx.io import read_image
-from chestdx.serve.predictor import Prediction, ScanPrediction
+from chestdx.predict.predictor import Prediction, ScanPrediction
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_voting_details_in_the_answer():
     """The full cam-snapmix method answers with its k vote probabilities and the flip flag."""
     from chestdx.config import load_recipe
     from chestdx.models import build_model
-    from chestdx.serve.predictor import Predictor
+    from chestdx.predict.predictor import Predictor
 
     r = load_recipe("full", {"data": {"image_size": 32}, "model": {"backbone": "resnet18", "weights": "none"},
                              "inference": {"params": {"k": 5, "cell": 4}}})

@@ -56,7 +56,7 @@ class ScanPrediction:
         meta: how the scan was read (series, spacing, slice files).
         slice_weights: a sequence model's attention weight of each answered slice (sums to 1).
         warning: the out-of-distribution warning when most answered slices look unlike the training
-            images (:mod:`chestdx.serve.ood`), else None.
+            images (:mod:`chestdx.predict.ood`), else None.
     """
 
     source: str

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chestdx.engine.run import Run
-from chestdx.serve.bundle import BUNDLE_FORMAT, BundleError, export_bundle, load_bundle
+from chestdx.predict.bundle import BUNDLE_FORMAT, BundleError, export_bundle, load_bundle
 
 
 def test_bundle_contents(bundle):
@@ -70,7 +70,7 @@ def test_card_describes_the_trained_model_and_an_evaluation_written_elsewhere(ti
     import shutil
 
     from chestdx.evaluate.run import evaluate_run
-    from chestdx.serve.bundle import export_bundle
+    from chestdx.predict.bundle import export_bundle
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

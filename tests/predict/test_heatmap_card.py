@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chestdx.serve.bundle import card_markdown, model_card
+from chestdx.predict.bundle import card_markdown, model_card
 
 
 def _fig(v: float, lo: float, hi: float) -> dict[str, float]:

@@ -26,8 +26,8 @@ import torch
 from chestdx.data.transforms import LoadPreprocess
 from chestdx.engine.infer import run_procedure
 from chestdx.errors import ChestdxError, ConfigError, DataError
-from chestdx.serve.answers import Prediction, ScanPrediction, unit_scale
-from chestdx.serve.inputs import Study, load_study
+from chestdx.predict.answers import Prediction, ScanPrediction, unit_scale
+from chestdx.predict.inputs import Study, load_study
 
 __all__ = ["Prediction", "ScanPrediction", "Predictor", "load_model"]
 
@@ -55,7 +55,7 @@ class Predictor:
     def __init__(self, model_path: str | Path, which: str = "best", procedure: str | None = None,
                  device: Any = "cpu", lesion_score_threshold: float = 0.5, speed: str | None = None):
         from chestdx.engine.run import Run
-        from chestdx.serve.bundle import load_any
+        from chestdx.predict.bundle import load_any
 
         if isinstance(model_path, Run):
             model_path = model_path.path
@@ -112,8 +112,8 @@ class Predictor:
 
     def input_check(self, x: torch.Tensor) -> dict[str, Any]:
         """``{"input_check": ..., "warning": ...}`` for one model input ``(S, S)`` against the training
-        images' profile (:mod:`chestdx.serve.ood`); empty without a profile (run folders, 3D models)."""
-        from chestdx.serve.ood import check_input, warning_text
+        images' profile (:mod:`chestdx.predict.ood`); empty without a profile (run folders, 3D models)."""
+        from chestdx.predict.ood import check_input, warning_text
 
         res = check_input(x.float().cpu().numpy(), (self.card or {}).get("input_profile"))
         if res is None:
@@ -198,7 +198,7 @@ class Predictor:
 
     def predict_study(self, study: Study, heatmap: bool = True, aggregate: str = "mean",
                       max_slices: int | None = None, batch_size: int = 32) -> Prediction | ScanPrediction:
-        """Answer a read :class:`~chestdx.serve.inputs.Study` (image or scan), as the task answers
+        """Answer a read :class:`~chestdx.predict.inputs.Study` (image or scan), as the task answers
         one (:meth:`~chestdx.tasks.base.Task.predict_study`)."""
         return self.task.predict_study(self, study, heatmap, aggregate, max_slices, batch_size)
 
@@ -232,7 +232,7 @@ class Predictor:
         flagged = [s for s in slices if s.details.get("warning")]
         warning = None
         if len(flagged) * 2 > len(slices):  # most slices unlike the training images
-            from chestdx.serve.ood import warning_text
+            from chestdx.predict.ood import warning_text
 
             worst = max(flagged, key=lambda s: len(s.details["input_check"]["outside"]))
             warning = warning_text(worst.details["input_check"], len(slices), len(flagged))

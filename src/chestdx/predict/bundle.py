@@ -128,7 +128,7 @@ def _self_contained(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def input_profile(run: Any, max_images: int = 128) -> dict[str, Any] | None:
-    """The training images' input statistics (:func:`chestdx.serve.ood.build_profile`) over up to
+    """The training images' input statistics (:func:`chestdx.predict.ood.build_profile`) over up to
     ``max_images`` evenly spaced training samples, preprocessed as the predictor does; None for a
     task whose model does not answer 2D images (3D and sequence models), or when the training images are no longer where ``samples.csv`` says."""
     import logging
@@ -137,7 +137,7 @@ def input_profile(run: Any, max_images: int = 128) -> dict[str, Any] | None:
 
     from chestdx.data.transforms import LoadPreprocess
     from chestdx.errors import ChestdxError
-    from chestdx.serve.ood import build_profile
+    from chestdx.predict.ood import build_profile
     from chestdx.tasks import get_task
 
     if not get_task(run.recipe).per_slice:
@@ -178,8 +178,8 @@ def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: boo
     """
     from safetensors.torch import save_file
 
-    from chestdx import __version__
     from chestdx.engine.run import Run
+    from chestdx.version import __version__
 
     run = run if isinstance(run, Run) else Run(run)
     out = Path(out)
@@ -295,8 +295,8 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     """
     from safetensors.torch import load_file
 
-    from chestdx import __version__
     from chestdx.models import build_model
+    from chestdx.version import __version__
 
     path = Path(path)
     if not is_bundle(path):

@@ -1,4 +1,4 @@
-"""chestdx.serve.inputs on hostile input: uploads name the user's file, limits are passed through,
+"""chestdx.predict.inputs on hostile input: uploads name the user's file, limits are passed through,
 odd arguments are typed errors."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from chestdx.errors import ConfigError, DataError
-from chestdx.serve.inputs import UnsupportedType, expand_inputs, load_study, sniff_bytes, study_from_bytes
+from chestdx.predict.inputs import UnsupportedType, expand_inputs, load_study, sniff_bytes, study_from_bytes
 from tests.dicom_utils import write_series
 
 

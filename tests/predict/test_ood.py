@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chestdx.serve.ood import build_profile, check_input, input_features
+from chestdx.predict.ood import build_profile, check_input, input_features
 
 
 def test_features_by_hand():
@@ -57,8 +57,8 @@ def test_bundle_warns_on_inputs_unlike_its_training_images(bundle, phantom_slice
     from skimage import data
 
     from chestdx.phantom.cxr import synthesize_cxr
-    from chestdx.serve.predictor import Predictor
-    from chestdx.serve.report import write_study_report
+    from chestdx.predict.predictor import Predictor
+    from chestdx.predict.report import write_study_report
 
     info = json.loads((bundle / "bundle.json").read_text())
     assert info["input_profile"]["n_images"] > 10 and set(info["input_profile"]["features"]) >= {"roughness"}
