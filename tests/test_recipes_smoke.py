@@ -30,6 +30,7 @@ import torch
 from chestdx.cli import main as chestdx_cli
 from chestdx.config import Recipe, load_recipe, recipe_names
 from chestdx.engine.train import train
+from chestdx.tasks import get_task
 
 SLOW_BACKBONES = {"resnet50": "resnet18", "resnest50d": "resnet18"}
 """Backbones replaced for speed; any other (resnet18, efficientnet_lite0: the recipe's point) is kept."""
@@ -54,9 +55,13 @@ ATT2's compatibility and tail blocks."""
 
 
 def data_kind(recipe: Recipe) -> str:
-    """Which phantom a recipe trains on: the task, or ``cxr`` for chest X-ray recipes."""
+    """Which phantom a recipe trains on: the task (or the shipped task it derives from), or ``cxr`` for
+    chest X-ray recipes."""
     if recipe.task == "cxr" or getattr(recipe.data, "modality", None) == "cxr":
         return "cxr"
+    for cls in type(get_task(recipe)).__mro__:  # a task made from a shipped one trains on that one's phantom
+        if getattr(cls, "name", None) in SIZE:
+            return str(cls.name)
     return recipe.task
 
 
