@@ -12,10 +12,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chestdx.errors import ChestdxError
 from chestdx.version import __version__
+
+if TYPE_CHECKING:
+    from chestdx.predict.predictor import Predictor
 
 
 def _bars(args: argparse.Namespace) -> bool:
@@ -322,7 +325,7 @@ class OutputNames:
         return stem
 
 
-def _attention_overlay(predictor: Any, source: str, folder: Path, stem: str) -> str:
+def _attention_overlay(predictor: Predictor, source: str, folder: Path, stem: str) -> str:
     """Write the mean-attention overlay of one image (MAG-SD localisation) as ``<stem>_attention.png``;
     returns the PNG path."""
     from chestdx.evaluate.plots import save_png

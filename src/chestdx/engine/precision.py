@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from chestdx.config import Recipe
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -710,7 +712,7 @@ class InferenceSpeed:
 # ------------------------------------------------------------------------------------ from recipes
 
 
-def example_shape(recipe: Any, in_chans: int = 1, batch: int | None = None) -> tuple[int, ...]:
+def example_shape(recipe: Recipe, in_chans: int = 1, batch: int | None = None) -> tuple[int, ...]:
     """The input batch a recipe's model sees, as its task's data section gives it
     (:meth:`chestdx.config.DataConfig.input_shape`): ``(B, C, S, S)``; ``task: volume``
     ``(B, C, D, S, S)``; ``task: sequence`` ``(B, T, C, S, S)`` (``B`` = ``data.batch_size`` unless given)."""
@@ -728,7 +730,7 @@ def training_device(accelerator: str | None) -> str:
     return "mps" if acc == "mps" else "cpu"
 
 
-def training_mode(recipe: Any, model: nn.Module, speed: str | None = None, *, measure: bool = True) -> ExecMode:
+def training_mode(recipe: Recipe, model: nn.Module, speed: str | None = None, *, measure: bool = True) -> ExecMode:
     """The execution mode a recipe trains in (``trainer.speed``, or ``speed`` where given).
 
     ``trainer.precision``, where set, forces the precision (``auto`` then measures only the memory
@@ -740,10 +742,10 @@ def training_mode(recipe: Any, model: nn.Module, speed: str | None = None, *, me
         ConfigError: an unknown setting.
     """
     tc = recipe.trainer
-    setting = speed or tc.speed
+    setting: str | ExecMode = speed or tc.speed
     compute = mode_from_precision(tc.precision)
-    if not measure and parse_speed(setting) is None:
-        setting = _env_setting() or ExecMode(compute=compute or "fp32")  # type: ignore[arg-type]
+    if not measure and parse_speed(str(setting)) is None:
+        setting = _env_setting() or ExecMode(compute=compute or "fp32")
     shape = example_shape(recipe, int(getattr(model, "in_chans", 1)))
     device = training_device(tc.accelerator)
     mode = resolve_mode(setting, model, shape, "train", device, compute=compute)
@@ -754,7 +756,7 @@ def training_mode(recipe: Any, model: nn.Module, speed: str | None = None, *, me
     return mode
 
 
-def lightning_precision(recipe: Any, mode: ExecMode) -> str:
+def lightning_precision(recipe: Recipe, mode: ExecMode) -> str:
     """``trainer.precision`` where set (it forces), else the mode's (``32-true``, ``bf16-mixed``, ``16-mixed``)."""
     p = recipe.trainer.precision
     return str(p) if p is not None else mode.lightning_precision

@@ -26,11 +26,14 @@ import contextlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from chestdx.errors import ConfigError
+
+if TYPE_CHECKING:
+    from chestdx.engine.run import Run
 
 AP_KEYS = ("AP50", "AP75", "AP")
 
@@ -232,7 +235,7 @@ def evaluate_segmentation(model: Any, samples: Sequence[Any], cfg: Any, out: str
     return result
 
 
-def lesion_run_results(run: Any, model: Any, labels: np.ndarray, probs: np.ndarray, split: str,
+def lesion_run_results(run: Run, model: Any, labels: np.ndarray, probs: np.ndarray, split: str,
                        out: str | Path, segmentation_sources: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """The affinity paper's figures for a ``task: lesion`` run (called by ``evaluate_run``).
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chestdx.utils import write_text
+
+if TYPE_CHECKING:
+    from chestdx.config import Recipe
 
 
 def fold_dir(out: str | Path, fold: int) -> Path:
@@ -38,7 +41,7 @@ def fold_samples(samples: Sequence[Any], folds: int, fold: int, seed: int) -> li
     return kfold_train_val_test(samples, folds, fold, seed=seed)
 
 
-def train_folds(recipe: Any, sources: Sequence[str | Path], out: str | Path, folds: int, *,
+def train_folds(recipe: Recipe, sources: Sequence[str | Path], out: str | Path, folds: int, *,
                 only: int | None = None, force: bool = False, progress: bool = False) -> list[Path]:
     """Train ``recipe`` once per fold into ``OUT/fold<f>``; returns the fold run folders.
 

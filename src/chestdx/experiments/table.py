@@ -28,10 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chestdx.errors import ConfigError
 from chestdx.utils import write_json, write_text
+
+if TYPE_CHECKING:
+    from chestdx.config import Recipe
 
 
 def row_overrides(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,7 +92,7 @@ def load_rows(names: Sequence[str], overrides: Mapping[str, Any]) -> list[Any]:
     return rows
 
 
-def training_key(recipe: Any) -> str:
+def training_key(recipe: Recipe) -> str:
     """The settings that decide what a run learns: the recipe without ``name``, ``description``,
     ``paper`` and ``inference`` (JSON, keys sorted). Equal keys: the same training."""
     import json

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from chestdx.config import Recipe, validate_recipe
 from chestdx.engine.safe_load import read_checkpoint
 from chestdx.errors import ChestdxError, RunError
 from chestdx.utils import fix_tempdir_mode, write_json, write_text
+
+if TYPE_CHECKING:
+    from chestdx.engine.run import Run
 
 __all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "export_bundle", "is_bundle", "load_bundle", "model_card"]
 
@@ -103,7 +106,7 @@ def _metrics_summary(run_path: Path) -> dict[str, Any] | None:
             "heatmap_localisation": res.get("heatmap_localisation")}
 
 
-def _run_info(run: Any) -> dict[str, Any]:
+def _run_info(run: Run) -> dict[str, Any]:
     """What a run says about its model: the fields of ``bundle.json`` that the model card reads."""
     return {"name": run.recipe.name, "description": run.recipe.description, "task": run.recipe.task,
             "class_names": run.class_names, "recipe": run.recipe.model_dump(mode="json"),
@@ -127,7 +130,7 @@ def _self_contained(recipe: dict[str, Any]) -> dict[str, Any]:
     return recipe
 
 
-def input_profile(run: Any, max_images: int = 128) -> dict[str, Any] | None:
+def input_profile(run: Run, max_images: int = 128) -> dict[str, Any] | None:
     """The training images' input statistics (:func:`chestdx.predict.ood.build_profile`) over up to
     ``max_images`` evenly spaced training samples, preprocessed as the predictor does; None for a
     task whose model does not answer 2D images (3D and sequence models), or when the training images are no longer where ``samples.csv`` says."""
@@ -160,7 +163,7 @@ def input_profile(run: Any, max_images: int = 128) -> dict[str, Any] | None:
     return build_profile(images)
 
 
-def export_bundle(run: Any, out: str | Path, which: str = "best", overwrite: bool = False) -> Path:
+def export_bundle(run: Run | str | Path, out: str | Path, which: str = "best", overwrite: bool = False) -> Path:
     """Write the bundle of a trained run.
 
     Args:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from chestdx.engine.infer import run_procedure
 from chestdx.errors import ChestdxError, ConfigError, DataError
 from chestdx.predict.answers import Prediction, ScanPrediction, unit_scale
 from chestdx.predict.inputs import Study, load_study
+
+if TYPE_CHECKING:
+    from chestdx.config import Recipe
 
 __all__ = ["Prediction", "ScanPrediction", "Predictor", "load_model"]
 
@@ -67,7 +70,7 @@ class Predictor:
         self.lesion_score_threshold = float(lesion_score_threshold)
 
     @classmethod
-    def from_model(cls, recipe: Any, model: Any, card: dict[str, Any] | None = None,
+    def from_model(cls, recipe: Recipe, model: Any, card: dict[str, Any] | None = None,
                    procedure: str | None = None, device: Any = "cpu", speed: str | None = None) -> Predictor:
         """A predictor around a model in memory (e.g. freshly built for a benchmark)."""
         self = cls.__new__(cls)
@@ -77,7 +80,7 @@ class Predictor:
         self.path = Path(".")
         return self
 
-    def _setup(self, recipe: Any, model: Any, class_names: Sequence[str], card: dict[str, Any],
+    def _setup(self, recipe: Recipe, model: Any, class_names: Sequence[str], card: dict[str, Any],
                procedure: str | None, device: Any, speed: str | None = None) -> None:
         from chestdx.engine.device import resolve_device
         from chestdx.engine.precision import InferenceSpeed

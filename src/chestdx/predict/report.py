@@ -12,13 +12,16 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from chestdx.evaluate.report import REPORT_CSS, image_data_uri, markdown_to_html, write_html
 from chestdx.explain.overlays import overlay_answer
 from chestdx.predict.bundle import card_markdown
+
+if TYPE_CHECKING:
+    from chestdx.predict.predictor import Predictor
 
 __all__ = ["study_report", "write_study_report"]
 
@@ -141,7 +144,7 @@ def study_report(answer: Any, card: dict[str, Any], class_names: list[str]) -> s
     return "\n".join(parts) + "\n"
 
 
-def write_study_report(predictor: Any, x: Any, out: str | Path, aggregate: str = "mean",
+def write_study_report(predictor: Predictor, x: Any, out: str | Path, aggregate: str = "mean",
                        max_slices: int | None = 64, series_uid: str | None = None) -> Path:
     """Answer ``x`` with ``predictor`` (heatmaps on) and write its report page atomically.
 

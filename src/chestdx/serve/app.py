@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
@@ -48,6 +48,9 @@ from fastapi.responses import HTMLResponse
 
 from chestdx.errors import ChestdxError, ConfigError, DataError
 from chestdx.predict.inputs import UnsupportedType, remove_orphan_uploads, study_from_bytes
+
+if TYPE_CHECKING:
+    from chestdx.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class Batcher:
         wait_ms: how long the worker waits for more jobs after the first arrives.
     """
 
-    def __init__(self, predictor: Any, max_batch: int = 16, wait_ms: float = 5.0):
+    def __init__(self, predictor: Predictor, max_batch: int = 16, wait_ms: float = 5.0):
         self.predictor = predictor
         self.max_batch = max_batch
         self.wait = wait_ms / 1000.0
@@ -243,7 +246,7 @@ async def _plain_error(send: Any, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(predictor: Any, max_upload_mb: float = 64.0, max_batch: int = 16, batch_wait_ms: float = 5.0,
+def create_app(predictor: Predictor, max_upload_mb: float = 64.0, max_batch: int = 16, batch_wait_ms: float = 5.0,
                max_slices: int | None = 64, max_pixels: int | None = None, max_voxels: int | None = None,
                max_unzipped_mb: float | None = None, decode_workers: int = 2, max_pending_decodes: int = 16,
                decode_timeout_s: float = 60.0, body_timeout_s: float = 30.0) -> Any:

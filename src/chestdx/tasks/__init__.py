@@ -29,6 +29,7 @@ from chestdx.tasks.slice import Slices
 from chestdx.tasks.volume import Volumes
 
 if TYPE_CHECKING:
+    from chestdx.config import Recipe
     from chestdx.data.layouts import Sample
 
 __all__ = ["TASKS", "Task", "Evaluation", "get_task", "load_samples", "task_names"]
@@ -61,6 +62,6 @@ def task_names() -> list[str]:
     return TASKS.names()
 
 
-def load_samples(sources: Sequence[str | Path], recipe: Any, check: bool = True) -> list[Sample]:
+def load_samples(sources: Sequence[str | Path], recipe: Recipe, check: bool = True) -> list[Sample]:
     """The records of ``sources`` for the recipe's task, with splits (see :meth:`Task.load_samples`)."""
     return get_task(recipe).load_samples(sources, recipe, check=check)
