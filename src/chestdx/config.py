@@ -67,10 +67,16 @@ class DataConfig(_Strict):
     :class:`VolumeDataConfig`, :class:`LesionDataConfig`); a recipe's ``data`` is validated as its
     task's section, so an option of another task is refused when the recipe loads.
 
-    ``normalize``: ``zscore`` = per-image zero mean, unit variance (the papers' choice);
-    ``unit`` = keep [0, 1]; ``imagenet`` = ImageNet mean/std of the grey value; ``inception`` =
-    ``(x - 0.5) / 0.5`` (timm's IMAGENET_INCEPTION_MEAN / STD on every RGB channel: what the
-    EfficientNet-Lite ImageNet weights expect; ``model.weights: imagenet`` with those backbones sets it).
+    ``normalize``: ``zscore`` = per-image zero mean, unit variance (chestdx's default for the 2D
+    recipes; the papers mostly do not say, and the affinity paper subtracts a *global* mean instead);
+    ``global`` = ``(x - mean) / std`` with one ``mean`` and ``std`` over all pixels of the training
+    split's images (after crop, CLAHE and resize; computed once when training starts,
+    :func:`chestdx.data.normalization.with_global_normalization`, and stored as
+    ``normalize_stats`` in the run's recipe, so evaluate / predict / a bundle / serve normalise with
+    the same two numbers; a recipe that gives ``normalize_stats`` keeps them); ``unit`` = keep
+    [0, 1]; ``imagenet`` = ImageNet mean/std of the grey value; ``inception`` = ``(x - 0.5) / 0.5``
+    (timm's IMAGENET_INCEPTION_MEAN / STD on every RGB channel: what the EfficientNet-Lite ImageNet
+    weights expect; ``model.weights: imagenet`` with those backbones sets it).
     """
 
     image_size: int = Field(224, ge=16, le=1024)
@@ -80,7 +86,9 @@ class DataConfig(_Strict):
     clahe: bool = False
     clahe_clip: float = 0.01
     clahe_tile: int = 8
-    normalize: Literal["zscore", "unit", "imagenet", "inception"] = "zscore"
+    normalize: Literal["zscore", "global", "unit", "imagenet", "inception"] = "zscore"
+    # normalize: global: (mean, std) of the training split's pixels, filled in when training starts
+    normalize_stats: tuple[float, float] | None = None
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
     cache: bool = True
@@ -97,6 +105,15 @@ class DataConfig(_Strict):
             raise ValueError("class_names needs at least two classes")
         if len(set(v)) != len(v):
             raise ValueError(f"class_names has duplicates: {v}")
+        return v
+
+    @field_validator("normalize_stats")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        import math
+
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[1] > 0):
+            raise ValueError(f"normalize_stats is (mean, std) with a finite mean and std > 0, got {tuple(v)}")
         return v
 
     @property
@@ -144,6 +161,13 @@ class VolumeDataConfig(DataConfig):
 
     volume_depth: int = Field(128, ge=1)
     cache_dir: str | None = None
+
+    @field_validator("normalize")
+    @classmethod
+    def _no_global(cls, v: str) -> str:
+        if v == "global":  # volumes are scaled to [0, 1] (data/volume_dataset.py); nothing would read the stats
+            raise ValueError("'global' is not read by task 'volume' (volumes are scaled to [0, 1]); use unit")
+        return v
 
     def input_shape(self, in_chans: int = 1, batch: int | None = None) -> tuple[int, ...]:
         """``(B, C, D, S, S)``."""

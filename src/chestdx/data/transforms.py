@@ -61,13 +61,26 @@ def clahe(image: np.ndarray, clip: float = 0.01, tile: int = 8) -> np.ndarray:
     return equalize_adapthist(np.clip(image, 0, 1), kernel_size=kernel, clip_limit=clip).astype(np.float32)
 
 
-def normalize(image: np.ndarray, how: str) -> np.ndarray:
-    """``zscore`` (per image: zero mean, unit variance), ``unit`` (as is), ``imagenet`` (grey ImageNet
-    mean / std) or ``inception`` (``(x - 0.5) / 0.5``: [0, 1] -> [-1, 1])."""
+def normalize(image: np.ndarray, how: str, stats: tuple[float, float] | None = None) -> np.ndarray:
+    """``zscore`` (per image: zero mean, unit variance), ``global`` (``(x - mean) / std`` with the
+    training split's ``stats = (mean, std)``, :mod:`chestdx.data.normalization`), ``unit`` (as is),
+    ``imagenet`` (grey ImageNet mean / std) or ``inception`` (``(x - 0.5) / 0.5``: [0, 1] -> [-1, 1]).
+    ``(H, W)`` -> ``(H, W)`` float32.
+
+    Raises:
+        ConfigError: ``global`` without ``stats`` (``data.normalize_stats``).
+    """
     if how == "zscore":
         x = image.astype(np.float64)  # float32 statistics overflow for values near its limits
         std = float(x.std())
         return ((x - x.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
+    if how == "global":
+        if stats is None:
+            from chestdx.errors import ConfigError
+
+            raise ConfigError("data.normalize: global needs data.normalize_stats (mean, std of the training "
+                              "split's pixels); training fills it in, so a run's recipe.yaml carries it")
+        return ((image.astype(np.float64) - stats[0]) / stats[1]).astype(np.float32)
     if how == "imagenet":
         return ((image - IMAGENET_GREY_MEAN) / IMAGENET_GREY_STD).astype(np.float32)
     if how == "inception":
@@ -129,7 +142,7 @@ class LoadPreprocess(Transform):
                 img = to_unit(img)
             if cfg.clahe:
                 img = clahe(img, cfg.clahe_clip, cfg.clahe_tile)
-            img = normalize(resize(img, cfg.image_size), cfg.normalize)
+            img = normalize(resize(img, cfg.image_size), cfg.normalize, cfg.normalize_stats)
         except ChestdxError:
             raise
         except Exception as e:  # noqa: BLE001

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from chestdx.config import Recipe, load_recipe
+from chestdx.data.normalization import with_global_normalization
 from chestdx.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
 from chestdx.engine.datamodule import patient_leak_check
 from chestdx.engine.precision import lightning_precision, training_mode
@@ -239,7 +240,12 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
                            "ended, or this is not a run folder): start it again without --resume")
         if not (out / "recipe.yaml").is_file():
             raise RunError(f"--resume: {out} has no recipe.yaml; it is not a complete chestdx run folder")
-        changes = recipe_changes(load_recipe(out / "recipe.yaml"), recipe)
+        stored = load_recipe(out / "recipe.yaml")
+        if recipe.data.normalize == stored.data.normalize == "global" and recipe.data.normalize_stats is None:
+            # the run's own training-split statistics (computed when it started), not a new pass
+            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(
+                update={"normalize_stats": stored.data.normalize_stats})})
+        changes = recipe_changes(stored, recipe)
         refused = {k: v for k, v in changes.items() if k not in HARDWARE_KEYS}
         if refused and not force:
             lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in refused.items()))
@@ -267,6 +273,7 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
     if samples is None:
         samples = kind.load_samples(sources, recipe, check=check_files)
     patient_leak_check(recipe, samples, out)  # refuses a patient leak (also against the encoder run): leakage.json
+    recipe = with_global_normalization(recipe, samples)  # data.normalize: global: the training split's mean/std
     dm = kind.datamodule(recipe, samples, resume_from=out if resume else None)
     if not resume:
         (out / RESUME_OVERRIDES).unlink(missing_ok=True)  # from an earlier start that wrote no checkpoint
