@@ -154,3 +154,52 @@ def test_predictor_answers_a_volume_with_slice_heatmaps(cmc_run):
     assert pytest.approx(sum(pred.probs.values())) == 1.0
     assert pred.slices[0].probs == pred.probs and pred.slices[3].details["heatmap_kind"] == "gradcam3d"
     assert json.dumps(pred.to_json())
+
+
+def test_model5_members_draw_their_own_views(cmc_run, tmp_path):
+    """Issue 17: with ``--procedure intra_ensemble`` each member of a Model5 ensemble draws its views
+    with its own training view parameters (depth crop included) unless ``--params`` says otherwise;
+    before, every member got the procedure's defaults (all slices: no depth crop)."""
+    from chestdx.engine.ensemble import ensemble_runs
+    from chestdx.engine.infer import procedure_params, training_views
+    from chestdx.engine.run import Run
+    from chestdx.evaluate.run import evaluate_run
+
+    run, _ = cmc_run
+    other = _other_run(run, tmp_path / "other")  # a second member, trained (here: said to be) with other views
+    changed = load_recipe(other.path / "recipe.yaml", ["mixing.params.depth=4", "mixing.params.brightness=0.0",
+                                                      "mixing.params.contrast=0.3"])
+    (other.path / "recipe.yaml").write_text(changed.to_yaml())
+    other = Run(other.path)
+    own = {str(run.path): {"depth": 8, "crop_scale": (0.8, 1.0), "brightness": 0.1, "contrast": 0.1},
+           str(other.path): {"depth": 4, "crop_scale": (0.8, 1.0), "brightness": 0.0, "contrast": 0.3}}
+    for r in (run, other):
+        got = training_views(r.recipe)
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()} == own[str(r.path)]
+    assert training_views(load_recipe("baseline")) == {}  # no cmc_views mixer: the procedure's defaults
+    assert procedure_params(run.recipe, "intra_ensemble", {"depth": 6})["depth"] == 6  # an override wins
+    assert procedure_params(run.recipe, "intra_ensemble", {"depth": 6})["brightness"] == 0.1
+
+    # the expected answer: each member's mean over 3 views drawn with its own parameters, given in full
+    expect = {}
+    for r, folder in ((run, "m1"), (other, "m2")):
+        evaluate_run(r, split="val", out=tmp_path / folder, n_boot=0, procedure="intra_ensemble",
+                     procedure_params={"views": 3, **own[str(r.path)]})
+        expect[folder] = _probs_by_path(tmp_path / folder)[0]
+    res = ensemble_runs([run.path, other.path], split="val", out=tmp_path / "ens", procedure="intra_ensemble",
+                        procedure_params=None, n_boot=0)
+    got, _ = _probs_by_path(tmp_path / "ens")
+    for k in got:
+        np.testing.assert_allclose(got[k], (expect["m1"][k] + expect["m2"][k]) / 2, atol=2e-6)
+    assert res["members"][str(other.path)]["params"]["depth"] == 4
+    # what ignoring the members' own parameters gives (every member: all slices, +-0.1): another answer
+    ensemble_runs([run.path, other.path], split="val", out=tmp_path / "ens0", procedure="intra_ensemble",
+                  procedure_params={"depth": None, "crop_scale": (0.8, 1.0), "brightness": 0.1, "contrast": 0.1},
+                  n_boot=0)
+    ignored, _ = _probs_by_path(tmp_path / "ens0")
+    assert max(float(np.abs(ignored[k] - got[k]).max()) for k in got) > 1e-3
+    # --params overrides a key for every member; the others stay each member's own
+    res = ensemble_runs([run.path, other.path], split="val", out=tmp_path / "ens6", procedure="intra_ensemble",
+                        procedure_params={"depth": 6}, n_boot=0)
+    assert [m["params"]["depth"] for m in res["members"].values()] == [6, 6]
+    assert [m["params"]["brightness"] for m in res["members"].values()] == [0.1, 0.0]

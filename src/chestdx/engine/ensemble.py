@@ -18,6 +18,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from chestdx.engine.infer import predict_loader
+from chestdx.engine.infer import procedure_params as own_params  # the argument of ensemble_runs has its name
 from chestdx.errors import ConfigError, DatasetError
 
 __all__ = ["ensemble_runs"]
@@ -31,8 +32,12 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
     """Inter-model ensemble: average the probabilities of several runs on one split and score it.
 
     Each run answers with its own preprocessing and its own inference procedure (``procedure``
-    overrides them all, e.g. ``intra_ensemble`` for the paper's Model5). Scans are joined by path;
-    every run must answer every scan.
+    overrides them all, e.g. ``intra_ensemble`` for the paper's Model5). With ``intra_ensemble``
+    each member draws its views with its own training view parameters (its ``cmc_views`` depth crop,
+    transverse crop, brightness, contrast: Model1's d = 128, Model3/4's d = 64), except the keys
+    ``procedure_params`` gives, which apply to every member
+    (:func:`chestdx.engine.infer.procedure_params`). Scans are joined by path; every run must answer
+    every scan.
 
     Args:
         runs: run folders (two or more for an ensemble; one is allowed and scores that run).
@@ -85,8 +90,7 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
         ds = get_task(recipe).ensemble_dataset(recipe, chosen, r.site_names)  # a sequence run is refused
         loader = DataLoader(ds, batch_size=recipe.data.batch_size, shuffle=False)
         name = procedure or recipe.inference.name
-        params = procedure_params if procedure_params is not None else (
-            recipe.inference.params if name == recipe.inference.name else {})
+        params = own_params(recipe, name, procedure_params)  # intra_ensemble: the member's own views
         preds = predict_loader(r.load_model(which, device=device), loader, name, params, progress=progress,
                                speed=speed or recipe.inference.speed)
         probs = np.zeros((len(chosen), len(class_names)), np.float64)
@@ -99,7 +103,7 @@ def ensemble_runs(runs: Sequence[str | Path], sources: Sequence[str | Path] | No
             raise DatasetError(f"run {r.path} gave no answer for {int((~seen).sum())} scans, e.g. {missing}")
         member_probs.append(probs)
         m = classification_metrics(labels, probs, class_names, n_boot=0)
-        members[str(r.path)] = {"recipe": recipe.name, "procedure": name,
+        members[str(r.path)] = {"recipe": recipe.name, "procedure": name, "params": params,
                                 "accuracy": m["accuracy"]["value"], "macro_f1": m["macro_f1"]["value"]}
     mean = np.mean(member_probs, axis=0)
     seed = loaded[0].recipe.seed

@@ -86,7 +86,10 @@ def intra_ensemble(model: ChestModel, images: Tensor, views: int = 3, depth: int
                    seed: int = 0) -> InferenceResult:
     """Intra-model ensemble of CMC-COV19D (Sec. 3.4.2): mean softmax over ``views`` augmented views
     of every volume (the paper's ``t = 3``), the training augmentations of Sec. 3.2 drawn from a fixed
-    seed so that an evaluation is repeatable.
+    seed so that an evaluation is repeatable. evaluate / ensemble / predict call it through
+    :func:`procedure_params`, which fills ``depth``, ``crop_scale``, ``brightness`` and ``contrast``
+    with the run's own training views (:func:`training_views`) where the caller leaves them unset;
+    the defaults below apply to a run trained without the ``cmc_views`` mixer.
 
     Args:
         model: a 3D model; images: ``(B, C, D, H, W)`` in ``[0, 1]``.
@@ -119,6 +122,72 @@ def intra_ensemble(model: ChestModel, images: Tensor, views: int = 3, depth: int
     pred = mean.argmax(dim=1)
     spread = stack.gather(2, pred[None, :, None].expand(stack.shape[0], -1, 1))[..., 0].std(dim=0, unbiased=False)
     return InferenceResult(mean, {"view_std": spread})
+
+
+#: The view parameters ``intra_ensemble`` shares with the ``cmc_views`` mixer (not ``views``: the
+#: mixer's 2 training views are not the ensemble's t = 3).
+VIEW_KEYS = ("depth", "crop_scale", "brightness", "contrast")
+
+
+def training_views(recipe: Any) -> dict[str, Any]:
+    """The view parameters a run was trained with: its ``cmc_views`` mixer's ``depth``, ``crop_scale``,
+    ``brightness`` and ``contrast`` (the mixer's defaults where its ``params`` do not say); empty for
+    a run trained without that mixer."""
+    import inspect
+
+    from chestdx.mixing.views import CMCViews
+
+    mixing = getattr(recipe, "mixing", None)
+    if mixing is None or mixing.name != "cmc_views":
+        return {}
+    sig = inspect.signature(CMCViews)
+    own = {k: sig.parameters[k].default for k in VIEW_KEYS if k in sig.parameters}
+    own.update({k: v for k, v in mixing.params.items() if k in VIEW_KEYS})
+    if not own.get("depth"):
+        own["depth"] = None
+    return own
+
+
+#: Procedures whose unset params default to something of the run's own recipe (not the procedure's
+#: signature): ``intra_ensemble`` draws its views as the run was trained (Sec. 3.4.2).
+RECIPE_DEFAULTS: dict[str, Callable[[Any], dict[str, Any]]] = {"intra_ensemble": training_views}
+
+
+def procedure_params(recipe: Any, name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The params a run answers ``name`` with.
+
+    ``given`` (``--params``, a caller's dict) when not None, else the recipe's ``inference.params``
+    when ``name`` is its procedure, else none; then, for a procedure of :data:`RECIPE_DEFAULTS`, each
+    key still unset comes from the run's own recipe. So ``chestdx ensemble RUN... --procedure
+    intra_ensemble`` answers every member with the views (depth crop included) that member was
+    trained with, and ``--params '{"depth": 16}'`` overrides the depth of all of them while each
+    keeps its own crop / brightness / contrast.
+    """
+    params = dict(given) if given is not None else (
+        dict(recipe.inference.params) if name == recipe.inference.name else {})
+    defaults = RECIPE_DEFAULTS.get(name)
+    if defaults is not None:
+        for k, v in defaults(recipe).items():
+            params.setdefault(k, v)
+    return params
+
+
+def _voting_pass(batch: int, params: Mapping[str, Any]) -> int:
+    return batch * int(params.get("k", 31))
+
+
+#: Procedures whose network passes are larger than their input batch: ``(batch, params) -> images per
+#: pass`` (CAM voting: the ``k`` masked copies of every image, in chunks).
+PASS_BATCH: dict[str, Callable[[int, Mapping[str, Any]], int]] = {"cam_voting": _voting_pass}
+
+
+def pass_batch(name: str, params: Mapping[str, Any], batch: int) -> int:
+    """How many images the procedure ``name`` sends through the network at once for an input batch of
+    ``batch``: the batch its execution mode is chosen for (``auto`` measures batch 1 apart from larger
+    batches, :mod:`chestdx.engine.precision`). ``cam_voting`` of one image runs its ``k`` copies
+    together, so its mode is the one for a batch, not for a single image; any other procedure: ``batch``."""
+    extra = PASS_BATCH.get(name)
+    return max(int(batch), extra(int(batch), params)) if extra is not None else int(batch)
 
 
 def run_procedure(name: str, params: Mapping[str, Any], model: ChestModel, images: Tensor,
@@ -174,7 +243,8 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
     mode = None
     for batch in it:
         if mode is None:
-            mode = control.mode_for(batch["image"].shape)
+            shape = batch["image"].shape
+            mode = control.mode_for((pass_batch(procedure, params or {}, shape[0]), *shape[1:]))
         with running(model, mode, control.device):
             res = run_procedure(procedure, params or {}, model, to_mode_input(batch["image"].to(on), mode))
         cols.setdefault("probs", []).append(res.probs.float().cpu().numpy())

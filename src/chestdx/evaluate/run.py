@@ -18,6 +18,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from chestdx.engine.infer import predict_loader
+from chestdx.engine.infer import procedure_params as procedure_params_of
 from chestdx.engine.run import Run, record_evaluation
 from chestdx.errors import DatasetError
 from chestdx.tasks import Evaluation, get_task
@@ -183,8 +184,7 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     ds = task.eval_dataset(recipe, chosen, run.site_names or None)
     loader = DataLoader(ds, batch_size=recipe.data.batch_size, shuffle=False)
     name = procedure or recipe.inference.name
-    params = procedure_params if procedure_params is not None else (
-        recipe.inference.params if name == recipe.inference.name else {})
+    params = procedure_params_of(recipe, name, procedure_params)  # intra_ensemble: the run's own views
     from chestdx.engine.precision import FP32, InferenceSpeed, running
 
     device = next((p.device for p in model.parameters()), "cpu")
@@ -200,6 +200,8 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
     )
     result["split"] = split
     result["procedure"] = name
+    if params:
+        result["procedure_params"] = params
     result["n_images"] = len(chosen)
     from chestdx.engine.datamodule import patient_leak_check
 

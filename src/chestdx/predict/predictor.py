@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from chestdx.data.transforms import LoadPreprocess
-from chestdx.engine.infer import run_procedure
+from chestdx.engine.infer import procedure_params, run_procedure
 from chestdx.errors import ChestdxError, ConfigError, DataError
 from chestdx.predict.answers import Prediction, ScanPrediction, unit_scale
 from chestdx.predict.inputs import Study, load_study
@@ -94,7 +94,7 @@ class Predictor:
         self.class_names = list(class_names)
         self.card = card
         self.procedure = procedure or recipe.inference.name
-        self.params = dict(recipe.inference.params) if self.procedure == recipe.inference.name else {}
+        self.params = procedure_params(recipe, self.procedure)  # intra_ensemble: the run's own training views
         self._pre = LoadPreprocess(recipe.data)
         self.heatmap_kind = "auto"  # see chestdx.explain.heatmap: ATT2 / MAG-SD attention, else CAM
         self.lesion_score_threshold = 0.5  # task lesion: detections shown / listed from this score
@@ -169,11 +169,24 @@ class Predictor:
     def classify_images(self, images: torch.Tensor, sources: Sequence[str], heatmap: bool = False) -> list[Prediction]:
         """The classifier's answer to a preprocessed batch ``(B, 1, S, S)``: the recipe's procedure in
         the execution mode, with the heatmap of the procedure's own forward pass where asked for."""
+        from chestdx.engine.infer import InferenceResult, pass_batch
+        from chestdx.explain.heatmap import stage_kind
+
         images = images.to(self.device)
-        with self.lock, self.speed.run(images) as x:  # the execution mode (engine/precision.py)
-            res = run_procedure(self.procedure, self.params, self.model, x)
+        # a plain answer with a stage map (layercam8 ...): one float32 pass with gradients gives both
+        shared = heatmap and self.procedure == "plain" and stage_kind(self.model, self.heatmap_kind, images.ndim)
+        with self.lock, self.speed.run(images, batch=pass_batch(self.procedure, self.params, len(images)),
+                                       exact=bool(shared)) as x:  # the execution mode (engine/precision.py)
             maps, kind = None, None
-            if heatmap:  # the procedure's own forward pass serves the heatmap too
+            if shared:
+                from chestdx.explain.heatmap import answer_with_heatmap
+
+                out, hm, kind = answer_with_heatmap(self.model, x, self.heatmap_kind)
+                res = InferenceResult(out.probs, output=out)
+                maps = hm.float().cpu().numpy()
+            else:
+                res = run_procedure(self.procedure, self.params, self.model, x)
+            if heatmap and maps is None:  # the procedure's own forward pass serves the heatmap too
                 from chestdx.explain.heatmap import heatmap as explain
 
                 hm, kind = explain(self.model, x, self.heatmap_kind, out=res.output)
