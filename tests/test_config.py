@@ -69,3 +69,35 @@ def test_baseline_recipe_names_its_own_choices():
     r = load_recipe("baseline")
     assert (r.optim.name, r.optim.lr, r.optim.scheduler) == ("sgd", 1e-3, "cosine")  # what the comment says
     assert (r.data.augment.rotate, tuple(r.data.augment.scale), r.data.augment.translate) == (10, (0.9, 1.1), 0.05)
+    assert "chestdx's choice" in r.description  # the one-line description says it too
+
+
+def test_snapmix_finetune_is_snapmix_own_setting():
+    """Issue 17: SnapMix's fine-tuning setting as a recipe: SGD, lr 1e-3 for the pretrained backbone and
+    1e-2 for the new layers, x0.1 at epochs 80, 150 and 180 of 200; otherwise the snapmix row."""
+    import torch
+
+    from chestdx.engine.task import ChestTask
+
+    r = load_recipe("snapmix_finetune")
+    snap = load_recipe("snapmix")
+    assert r.mixing == snap.mixing and r.objectives == snap.objectives and r.data == snap.data
+    assert (r.model.backbone, r.model.weights, r.trainer.epochs) == ("resnet50", "imagenet", 200)
+    small = load_recipe("snapmix_finetune", {"model": {"backbone": "resnet18", "weights": "none", "head_hidden": 16}})
+    task = ChestTask(small)
+    conf = task.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(opt, torch.optim.SGD) and isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)
+    n_backbone = sum(p.numel() for g in opt.param_groups if g["name"] == "backbone" for p in g["params"])
+    assert n_backbone == sum(p.numel() for p in task.model.backbone.parameters())
+    n_new = sum(p.numel() for g in opt.param_groups if g["name"] == "new" for p in g["params"])
+    assert n_new == sum(p.numel() for p in task.model.head.parameters()) > 0
+    lrs = []  # the learning rate of each epoch, (backbone, new)
+    for _ in range(200):
+        lrs.append(tuple(g["lr"] for g in opt.param_groups))
+        opt.step()
+        sched.step()
+    expect = {0: (1e-3, 1e-2), 79: (1e-3, 1e-2), 80: (1e-4, 1e-3), 149: (1e-4, 1e-3), 150: (1e-5, 1e-4),
+              179: (1e-5, 1e-4), 180: (1e-6, 1e-5), 199: (1e-6, 1e-5)}
+    for epoch, want in expect.items():
+        assert lrs[epoch] == pytest.approx(want, rel=1e-9), epoch
