@@ -43,7 +43,7 @@ from scipy import ndimage
 from chestdx.errors import ConfigError
 from chestdx.phantom.anatomy import ChestPhantom
 from chestdx.phantom.constants import FOV_MM, Z_EXTENT_MM
-from chestdx.phantom.sites import SiteProfile
+from chestdx.phantom.sites import SiteProfile, site_noise
 from chestdx.phantom.writer import PhantomKind, PlannedPatient, write_phantom_set, write_slice_pair
 
 __all__ = ["CXR", "MU_WATER_PER_MM", "project_volume", "render_cxr", "synthesize_cxr"]
@@ -133,12 +133,7 @@ def render_cxr(ph: ChestPhantom, site: SiteProfile, rng: np.random.Generator, si
     img = np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     img = img ** math.exp(rng.normal(0.0, 0.15))
     if site.noise_sigma > 0:
-        nz = rng.standard_normal((size, size)).astype(np.float32)
-        cs = site.noise_corr_mm / px_mm
-        if cs > 0.3:
-            nz = ndimage.gaussian_filter(nz, sigma=cs)
-            nz /= float(nz.std()) + 1e-8
-        img = img + (site.noise_sigma / 1500.0) * nz
+        img = img + (site.noise_sigma / 1500.0) * site_noise(rng, size, site.noise_corr_mm / px_mm)
     img = img * math.exp(rng.normal(0.0, site.gain_jitter)) + rng.normal(0.0, site.offset_jitter)
     return np.clip(img, 0.0, 1.0).astype(np.float32), (msk > 0.5).astype(np.uint8)
 

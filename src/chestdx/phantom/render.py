@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from chestdx.errors import ConfigError
 from chestdx.phantom.constants import AIR_HU, FOV_MM
-from chestdx.phantom.sites import SiteProfile
+from chestdx.phantom.sites import SiteProfile, site_noise
 
 __all__ = ["render_ct_slice", "window_to_uint8"]
 
@@ -89,12 +89,7 @@ def render_ct_slice(
         img = ndimage.gaussian_filter(img, sigma=site.blur_sigma_mm / out_px_mm)
     # correlated noise with the site's HU standard deviation
     if site.noise_sigma > 0:
-        nz = rng.standard_normal((size, size)).astype(np.float32)
-        cs = site.noise_corr_mm / out_px_mm
-        if cs > 0.3:
-            nz = ndimage.gaussian_filter(nz, sigma=cs)
-            nz /= float(nz.std()) + 1e-8
-        img = img + site.noise_sigma * nz
+        img = img + site.noise_sigma * site_noise(rng, size, site.noise_corr_mm / out_px_mm)
     level, width = site.window
     level = level + rng.normal(0.0, site.window_jitter[0])
     width = width * math.exp(rng.normal(0.0, site.window_jitter[1]))

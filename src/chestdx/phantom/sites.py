@@ -85,3 +85,15 @@ def default_sites(k: int = 1) -> list[SiteProfile]:
             )
         )
     return sites
+
+
+def site_noise(rng: np.random.Generator, size: int, corr_px: float) -> np.ndarray:
+    """Unit-variance scanner noise ``(size, size)`` float32, Gaussian-correlated over ``corr_px``
+    pixels (white below 0.3 px); scaled by the caller to the site's noise level."""
+    from scipy import ndimage
+
+    nz = rng.standard_normal((size, size)).astype(np.float32)
+    if corr_px > 0.3:
+        nz = ndimage.gaussian_filter(nz, sigma=corr_px)
+        nz /= float(nz.std()) + 1e-8
+    return nz
