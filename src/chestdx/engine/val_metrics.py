@@ -15,10 +15,10 @@ process (they pick the best checkpoint, ``trainer.monitor: val_auc``):
   ``multiclass_auroc(probs, labels, average="macro")``, and **NaN when fewer than two classes
   occur among the validation labels** (an AUC is undefined then; torchmetrics would warn and
   return 0 or 0.5, which would look like a real score to the checkpoint monitor). With ``K > 2``
-  and a class missing from the labels while two or more occur, torchmetrics scores the missing
-  class's AUC as 0 inside the macro mean (with a "No positive samples" warning); that is kept as
-  it was, so the same epoch is picked as best. ``chestdx evaluate``'s ``macro_auc`` leaves such a
-  class out instead (NaN, :mod:`chestdx.evaluate.metrics`); with every class present the two agree.
+  the macro mean is over the classes that occur among the labels, as ``chestdx evaluate``'s
+  ``macro_auc`` (:mod:`chestdx.evaluate.metrics`): a class missing from the validation labels is
+  left out, not scored 0 (torchmetrics' own macro mean would count it as 0; before issue 14 the
+  validation figure did, so a 3-class run whose validation split lacked a class logged a lower AUC).
 
 The figures ``chestdx evaluate`` reports (bootstrap intervals, per class, macro F1) come from
 :mod:`chestdx.evaluate.metrics`, whose point values are checked against ``torchmetrics.functional``
@@ -61,11 +61,17 @@ class _BinaryValAUROC(BinaryAUROC):
 
 
 class _MulticlassValAUROC(MulticlassAUROC):
-    """Macro one-vs-rest ROC AUC from ``probs (B, K)``; NaN when fewer than two classes occur."""
+    """Macro one-vs-rest ROC AUC from ``probs (B, K)`` over the classes that occur in the labels
+    (``chestdx evaluate``'s rule); NaN when fewer than two classes occur."""
 
     def compute(self) -> Tensor:  # type: ignore[override]
         nan = _nan_if_one_class(self.target)
-        return super().compute() if nan is None else nan
+        if nan is not None:
+            return nan
+        per_class = super().compute()  # (K,): average=None
+        labels = dim_zero_cat(self.target) if isinstance(self.target, list) else self.target
+        present = torch.bincount(labels.long(), minlength=per_class.numel())[: per_class.numel()] > 0
+        return per_class[present].mean()
 
 
 def validation_auroc(num_classes: int) -> Metric:
@@ -76,7 +82,7 @@ def validation_auroc(num_classes: int) -> Metric:
     """
     if num_classes == 2:
         return _BinaryValAUROC()
-    return _MulticlassValAUROC(num_classes=num_classes, average="macro")
+    return _MulticlassValAUROC(num_classes=num_classes, average=None)
 
 
 def validation_metrics(num_classes: int) -> MetricCollection:
