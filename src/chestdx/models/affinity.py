@@ -32,6 +32,15 @@ Readings chosen where the paper is open:
   + ReLU`` (``H/2 -> H``); vectorisation is the spatial mean.
 - Paper Algorithm 1 writes ``X2 = W2^T X1``; Eq. 3 writes ``W1``: ``W1 (B, C')`` is used.
 - The image classification module is ``Linear(C, F) + ReLU, Linear(F, F) + ReLU, Linear(F, K)``.
+
+The defaults are torchvision's Mask R-CNN (ResNet-50, all FPN levels, 1024-wide box head, 4-conv
+mask head: 64.4M parameters with C' = 128). The paper's Table 3 gives 14.19M; recipe
+``affinity_paper`` builds that size with the options ``backbone_stages: 3`` + ``fpn_levels: last``
+(ResNet-18 to layer3, one FPN level, RPN and RoIAlign on it alone, Fig. 1), ``box_hidden: 128``,
+``mask_convs: 1``, ``mask_feature_convs: 1``, ``sieve_width: 128``, ``sieve_kernel: 2`` and
+``vectorise: conv``: 3.43M / 6.15M (3.07M) / 4.57M / 14.16M against Table 3's 3.44M / 6.17M
+(3.06M) / 4.58M / 14.19M (:meth:`AffinityModel.parameter_counts`; docs/affinity.md says which
+size fixes which choice).
 """
 
 from __future__ import annotations
@@ -71,16 +80,23 @@ def _training(*modules: nn.Module, mode: bool = True) -> Iterator[None]:
 
 
 class _RelativeAnchorGenerator(AnchorGenerator):
-    """torchvision's anchors (ratios 0.5, 1, 2) with sizes given as fractions of the padded image side."""
+    """torchvision's anchors (ratios 0.5, 1, 2) with sizes given as fractions of the padded image side:
+    one size per feature level, or, ``single_level``, every size on the one level (``5 x 3 = 15``
+    anchors per location)."""
 
-    def __init__(self, fractions: tuple[float, ...], min_px: float = 4.0):
-        super().__init__(tuple((32.0 * 2**i,) for i in range(len(fractions))), ((0.5, 1.0, 2.0),) * len(fractions))
-        self.fractions, self.min_px, self._side = fractions, min_px, -1
+    def __init__(self, fractions: tuple[float, ...], min_px: float = 4.0, single_level: bool = False):
+        if single_level:
+            super().__init__((tuple(32.0 * 2**i for i in range(len(fractions))),), ((0.5, 1.0, 2.0),))
+        else:
+            super().__init__(tuple((32.0 * 2**i,) for i in range(len(fractions))),
+                             ((0.5, 1.0, 2.0),) * len(fractions))
+        self.fractions, self.min_px, self.single_level, self._side = fractions, min_px, single_level, -1
 
     def forward(self, image_list: Any, feature_maps: list[Tensor]) -> list[Tensor]:
         side = int(max(image_list.tensors.shape[-2:]))
         if side != self._side:
-            self.sizes = tuple((max(self.min_px, f * side),) for f in self.fractions)
+            sizes = tuple((max(self.min_px, f * side),) for f in self.fractions)
+            self.sizes = (tuple(s[0] for s in sizes),) if self.single_level else sizes
             self.cell_anchors = [self.generate_anchors(s, a)  # type: ignore[arg-type]
                                  for s, a in zip(self.sizes, self.aspect_ratios, strict=True)]
             self._side = side
@@ -97,12 +113,21 @@ class _PassThroughTransform(GeneralizedRCNNTransform):
 
 
 class SieveStage(nn.Module):
-    """One mask sieve stage: ``(M, C, H, W) -> (M, C, H/2, W/2) -> (M, C, H, W)``."""
+    """One mask sieve stage: ``(M, C, H, W) -> (M, W', H/2, W/2) -> (M, C, H, W)``.
 
-    def __init__(self, channels: int):
+    Args:
+        channels: ``C``.
+        width: ``W'``, channels between the two convolutions (default ``C``).
+        kernel: the downsampling convolution's kernel: 3 (padding 1) or 2 (no padding); stride 2.
+    """
+
+    def __init__(self, channels: int, width: int | None = None, kernel: int = 3):
         super().__init__()
-        self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-        self.up = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+        if kernel not in (2, 3):
+            raise ConfigError(f"affinity layer: sieve_kernel must be 2 or 3, got {kernel!r}")
+        mid = int(width or channels)
+        self.down = nn.Conv2d(channels, mid, kernel, stride=2, padding=kernel - 2)
+        self.up = nn.ConvTranspose2d(mid, channels, 2, stride=2)
         # He init, zero bias: PyTorch's default init shrinks the features ~3x per layer, so after
         # 3 stages (6 layers) the image-to-image differences were ~1e-4 of a bias-driven constant
         # and the classifier saw the same vector for every image (measured: spread 8e-5 vs 3.7e-2).
@@ -126,32 +151,60 @@ class AffinityLayer(nn.Module):
         roi_batch: ``B``, lesion masks per image.
         affinities: ``C'``, affinities learned per feature (the paper tests 32..512).
         sieve_stages: ``N`` down/up stages (the paper uses 3; 0 skips the sieve).
+        sieve_width, sieve_kernel: see :class:`SieveStage` (default ``C`` and 3).
+        vectorise: ``H x W -> 1 x 1`` by the spatial ``mean`` (default), or ``conv``: learned
+            downsampling, conv 2x2 stride 2 + ReLU twice (``H -> H/4``) then one conv of kernel
+            ``H/4`` + ReLU (``-> 1``), all ``C -> C`` (the paper-sized model; needs ``mask_size``
+            divisible by 4).
+        mask_size: ``H = W`` of the lesion mask features (28 for the 14 px mask RoIAlign).
     """
 
-    def __init__(self, channels: int, roi_batch: int = 8, affinities: int = 128, sieve_stages: int = 3):
+    def __init__(self, channels: int, roi_batch: int = 8, affinities: int = 128, sieve_stages: int = 3,
+                 sieve_width: int | None = None, sieve_kernel: int = 3, vectorise: str = "mean",
+                 mask_size: int = 28):
         super().__init__()
         for name, v in (("channels", channels), ("roi_batch", roi_batch), ("affinities", affinities)):
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"affinity layer: {name} must be a positive integer, got {v!r}")
         if not isinstance(sieve_stages, int) or sieve_stages < 0:
             raise ConfigError(f"affinity layer: sieve_stages must be >= 0, got {sieve_stages!r}")
+        if sieve_width is not None and (not isinstance(sieve_width, int) or sieve_width < 1):
+            raise ConfigError(f"affinity layer: sieve_width must be a positive integer, got {sieve_width!r}")
+        if vectorise not in ("mean", "conv"):
+            raise ConfigError(f"affinity layer: vectorise must be 'mean' or 'conv', got {vectorise!r}")
+        if vectorise == "conv" and (mask_size < 4 or mask_size % 4):
+            raise ConfigError(f"affinity layer: vectorise 'conv' needs a mask size divisible by 4, got {mask_size}")
         self.channels, self.roi_batch, self.affinities = channels, roi_batch, affinities
-        self.sieve = nn.Sequential(*[SieveStage(channels) for _ in range(sieve_stages)])
+        self.vectorise_mode, self.mask_size = vectorise, mask_size
+        self.sieve = nn.Sequential(*[SieveStage(channels, sieve_width, sieve_kernel) for _ in range(sieve_stages)])
+        self.to_vector = nn.Sequential()
+        if vectorise == "conv":
+            convs = [nn.Conv2d(channels, channels, 2, stride=2), nn.Conv2d(channels, channels, 2, stride=2),
+                     nn.Conv2d(channels, channels, mask_size // 4)]
+            for conv in convs:  # He init, zero bias, as the sieve
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
+            self.to_vector = nn.Sequential(*(m for conv in convs for m in (conv, nn.ReLU())))
         bound1, bound2 = 1.0 / math.sqrt(roi_batch), 1.0 / math.sqrt(affinities)
         self.W1 = nn.Parameter(torch.empty(roi_batch, affinities).uniform_(-bound1, bound1))
         self.w2 = nn.Parameter(torch.empty(affinities).uniform_(-bound2, bound2))
 
     def vectorise(self, masks: Tensor) -> Tensor:
-        """Sieve and spatial mean: ``(N, B, C, H, W)`` -> ``X1 (N, B, C)``.
+        """Sieve and vectorisation (spatial mean, or the learned convolutions): ``(N, B, C, H, W)``
+        -> ``X1 (N, B, C)``.
 
         Raises:
-            ConfigError: when ``B`` or ``C`` differ from the layer's.
+            ConfigError: when ``B`` or ``C`` differ from the layer's (or ``H, W`` from its
+                ``mask_size`` with ``vectorise: conv``).
         """
         n, b, c, h, w = masks.shape
         if b != self.roi_batch or c != self.channels:
             raise ConfigError(f"affinity layer expects (N, {self.roi_batch}, {self.channels}, H, W) lesion "
                               f"mask features, got {tuple(masks.shape)}")
-        y = self.sieve(masks.reshape(n * b, c, h, w))
+        if self.vectorise_mode == "conv" and (h, w) != (self.mask_size, self.mask_size):
+            raise ConfigError(f"affinity layer (vectorise: conv) expects {self.mask_size} x {self.mask_size} lesion "
+                              f"mask features, got {tuple(masks.shape)}")
+        y = self.to_vector(self.sieve(masks.reshape(n * b, c, h, w)))
         return y.mean(dim=(2, 3)).reshape(n, b, c)
 
     def forward(self, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,10 +219,31 @@ class AffinityLayer(nn.Module):
         return x3, x2
 
 
-def _fpn_backbone(name: str, in_chans: int, weights: str, fpn_channels: int) -> nn.Module:
-    """A torchvision ResNet (first conv adapted to ``in_chans``) with an FPN on layer1..layer4.
+class _LastLevelFPN(nn.Module):
+    """A ResNet cut after ``layer`` with a one-level FPN on it (lateral 1x1 + output 3x3 conv):
+    ``(N, C, S, S)`` -> ``{"0": (N, F, S/s, S/s)}`` (``s`` the layer's stride)."""
 
-    The output is an ``OrderedDict`` of 5 maps (``"0".."3"`` and ``"pool"``), ``fpn_channels`` each.
+    def __init__(self, net: nn.Module, layer: str, in_channels: int, out_channels: int):
+        super().__init__()
+        from torchvision.models._utils import IntermediateLayerGetter
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
+        self.body = IntermediateLayerGetter(net, return_layers={layer: "0"})  # drops the layers after it
+        self.fpn = FeaturePyramidNetwork([in_channels], out_channels, extra_blocks=None)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.fpn(self.body(x))  # type: ignore[no-any-return]
+
+
+def _fpn_backbone(name: str, in_chans: int, weights: str, fpn_channels: int, stages: int = 4,
+                  levels: str = "all") -> nn.Module:
+    """A torchvision ResNet (first conv adapted to ``in_chans``) with an FPN.
+
+    ``levels: all`` (with ``stages`` 4): the FPN on layer1..layer4, an ``OrderedDict`` of 5 maps
+    (``"0".."3"`` and ``"pool"``), ``fpn_channels`` each. ``levels: last``: the ResNet cut after
+    ``layer<stages>`` (3 or 4) with one FPN level on it, one map ``"0"`` (the paper's Fig. 1: "RPN
+    and RoI are connected to the FPN feature output only").
     """
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -178,8 +252,15 @@ def _fpn_backbone(name: str, in_chans: int, weights: str, fpn_channels: int) -> 
 
     if name not in FPN_BACKBONES:
         raise ConfigError(f"affinity model: backbone '{name}' has no FPN here; choose one of {FPN_BACKBONES}")
+    if levels not in ("all", "last"):
+        raise ConfigError(f"affinity model: fpn_levels must be 'all' or 'last', got {levels!r}")
+    if stages not in (3, 4) or (levels == "all" and stages != 4):
+        raise ConfigError(f"affinity model: backbone_stages={stages!r}: use 4, or 3 with fpn_levels 'last' "
+                          "(ResNet to layer3 with one FPN level, the paper-sized model)")
     net, channels = build_resnet(name, in_chans, weights)
     stage = channels // 8  # layer1 channels: 64 (ResNet-18/34), 256 (ResNet-50)
+    if levels == "last":
+        return _LastLevelFPN(net, f"layer{stages}", stage * 2 ** (stages - 1), fpn_channels)
     return BackboneWithFPN(net, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
                            [stage, stage * 2, stage * 4, stage * 8], fpn_channels, extra_blocks=LastLevelMaxPool())
 
@@ -213,6 +294,17 @@ class AffinityModel(ChestModel):
         box_nms_thresh: NMS IoU for detections and for the RoI batch selection.
         box_score_thresh: score threshold of :meth:`detect` only (the RoI batch selection keeps any score).
         detections_per_img: detections :meth:`detect` returns at most.
+        backbone_stages: ResNet stages used, 4 (default) or 3 (cut after layer3; with
+            ``fpn_levels: last``).
+        fpn_levels: ``all`` (the FPN on layer1..layer4 plus a pooled level; RPN and RoIAlign on
+            all levels, torchvision's Mask R-CNN) or ``last`` (one FPN level on the last stage and
+            RPN / RoIAlign on it alone, as the paper's Fig. 1; the 5 anchor sizes then all sit on
+            that level, 15 anchors per location).
+        mask_convs: 3x3 convolutions of the mask head (torchvision: 4).
+        mask_feature_convs: 3x3 convolutions + ReLU (``C -> C``) after the copied transposed
+            convolution of the lesion mask-feature branch (default 0). They have no segmentation
+            counterpart to be copied from, so ``L_CLS`` trains them (like the sieve).
+        sieve_width, sieve_kernel, vectorise: of the :class:`AffinityLayer`.
     """
 
     def __init__(self, num_classes: int = 3, backbone: str = "resnet50", in_chans: int = 1, weights: str = "none",
@@ -221,21 +313,30 @@ class AffinityModel(ChestModel):
                  anchor_fractions: Sequence[float] = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
                  rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000), rpn_post_nms_top_n: tuple[int, int] = (2000, 1000),
                  rpn_batch_size_per_image: int = 256, box_batch_size_per_image: int = 512,
-                 box_nms_thresh: float = 0.5, box_score_thresh: float = 0.05, detections_per_img: int = 100):
+                 box_nms_thresh: float = 0.5, box_score_thresh: float = 0.05, detections_per_img: int = 100,
+                 backbone_stages: int = 4, fpn_levels: str = "all", mask_convs: int = 4, mask_feature_convs: int = 0,
+                 sieve_width: int | None = None, sieve_kernel: int = 3, vectorise: str = "mean"):
         super().__init__()
         from torchvision.models.detection import MaskRCNN
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+        from torchvision.ops import MultiScaleRoIAlign
 
         self.num_classes, self.in_chans, self.feature_dim = num_classes, in_chans, mask_channels
         self.roi_batch = roi_batch
         if len(anchor_fractions) != 5 or not all(0 < f <= 4 for f in anchor_fractions):
             raise ConfigError("affinity model: anchor_fractions needs 5 fractions of the image side in (0, 4], "
                               f"one per FPN level; got {anchor_fractions}")
-        anchors = _RelativeAnchorGenerator(tuple(float(f) for f in anchor_fractions))
-        body = _fpn_backbone(backbone, in_chans, weights, fpn_channels)
+        for key, v, low in (("mask_convs", mask_convs, 1), ("mask_feature_convs", mask_feature_convs, 0)):
+            if not isinstance(v, int) or v < low:
+                raise ConfigError(f"affinity model: {key} must be an integer >= {low}, got {v!r}")
+        single = fpn_levels == "last"
+        anchors = _RelativeAnchorGenerator(tuple(float(f) for f in anchor_fractions), single_level=single)
+        body = _fpn_backbone(backbone, in_chans, weights, fpn_channels, backbone_stages, fpn_levels)
+        pools: dict[str, Any] = ({"box_roi_pool": MultiScaleRoIAlign(["0"], 7, 2),
+                                  "mask_roi_pool": MultiScaleRoIAlign(["0"], 14, 2)} if single else {})
         box_head = TwoMLPHead(fpn_channels * 7 * 7, box_hidden)
-        mask_head = MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1)
+        mask_head = MaskRCNNHeads(fpn_channels, (mask_channels,) * mask_convs, 1)
         self.detector = MaskRCNN(
             body, num_classes=None, min_size=1, max_size=1,
             image_mean=[0.0] * in_chans, image_std=[1.0] * in_chans,
@@ -246,7 +347,7 @@ class AffinityModel(ChestModel):
             box_head=box_head, box_predictor=FastRCNNPredictor(box_hidden, 2),
             box_batch_size_per_image=box_batch_size_per_image, box_nms_thresh=box_nms_thresh,
             box_score_thresh=box_score_thresh, box_detections_per_img=detections_per_img,
-            mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, 2),
+            mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, 2), **pools,
         )
         self.detector.transform = _PassThroughTransform(1, 1, [0.0] * in_chans, [1.0] * in_chans)
         rh: Any = self.detector.roi_heads
@@ -257,7 +358,15 @@ class AffinityModel(ChestModel):
         self.cls_mask_features = nn.Sequential(copy.deepcopy(rh.mask_predictor.conv5_mask), nn.ReLU())
         for m in self.roi_copies():
             m.requires_grad_(False)
-        self.affinity = AffinityLayer(mask_channels, roi_batch, affinities, sieve_stages)
+        # mask_feature_convs: trained by L_CLS (nothing to copy them from); empty by default
+        self.mask_feature_convs = nn.Sequential()
+        for _ in range(mask_feature_convs):
+            conv = nn.Conv2d(mask_channels, mask_channels, 3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
+            self.mask_feature_convs.extend([conv, nn.ReLU()])
+        self.affinity = AffinityLayer(mask_channels, roi_batch, affinities, sieve_stages, sieve_width, sieve_kernel,
+                                      vectorise, mask_size=2 * 14)  # 14 px mask RoIAlign, x2 by the transposed conv
         self.classifier = nn.Sequential(
             nn.Linear(mask_channels, fc_hidden), nn.ReLU(inplace=True),
             nn.Linear(fc_hidden, fc_hidden), nn.ReLU(inplace=True),
@@ -271,6 +380,25 @@ class AffinityModel(ChestModel):
     def roi_copies(self) -> list[nn.Module]:
         """The classification RoI branches ``Theta_3^RoI`` (no gradient ever reaches them)."""
         return [self.cls_box_head, self.cls_box_predictor, self.cls_mask_head, self.cls_mask_features]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters by the columns of the paper's Table 3 ("model sizes"):
+
+        ``backbone_fpn`` (ResNet + FPN), ``rpn_roi`` (RPN, the segmentation RoI branches and the
+        classification branch), ``classification_branch`` (the RoI copies ``Theta_3^RoI`` and the
+        ``mask_feature_convs``), ``affinity_layer`` (sieve, vectorisation, ``W1``, ``w2`` and the
+        image classifier's FC layers: the paper's column sums to its total only with them) and
+        ``total``. Frozen and trainable parameters both count; buffers do not.
+        """
+        def n(*mods: nn.Module) -> int:
+            return sum(p.numel() for m in mods for p in m.parameters())
+
+        cls_branch = n(*self.roi_copies(), self.mask_feature_convs)
+        return {"backbone_fpn": n(self.detector.backbone),
+                "rpn_roi": n(self.detector.rpn, self.detector.roi_heads) + cls_branch,
+                "classification_branch": cls_branch,
+                "affinity_layer": n(self.affinity, self.classifier),
+                "total": n(self)}
 
     @torch.no_grad()
     def copy_branches(self) -> None:
@@ -388,6 +516,7 @@ class AffinityModel(ChestModel):
         rh: Any = self.detector.roi_heads
         n, bsz = len(boxes), self.roi_batch
         m = self.cls_mask_features(self.cls_mask_head(rh.mask_roi_pool(feats, boxes, il.image_sizes)))
+        m = self.mask_feature_convs(m)
         out = m.new_zeros((n, bsz) + tuple(m.shape[1:]))
         box_out = images.new_zeros((n, bsz, 4))
         score_out = images.new_full((n, bsz), -1.0)
