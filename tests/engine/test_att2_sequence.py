@@ -61,6 +61,12 @@ def test_att2_evaluate_reports_scans_and_localisation(att2_run):
     assert len(list((ev / "attention").glob("*.png"))) > 0
     rows = list(csv.DictReader(open(ev / "scans.csv")))
     assert len(rows) == 3 and {"scan_id", "n_slices", "label", "pred"} <= set(rows[0])
+    # the scan figures are those of the scan answers written (issue 17: a value, not a range)
+    assert res["scan"]["accuracy"]["value"] == pytest.approx(sum(r["label"] == r["pred"] for r in rows) / len(rows))
+    slices = list(csv.DictReader(open(ev / "predictions.csv")))
+    assert res["overall"]["accuracy"]["value"] == pytest.approx(
+        sum(r["label"] == r["pred"] for r in slices) / len(slices))
+    assert sum(int(r["n_slices"]) for r in rows) == len(slices) == res["n_images"]
     assert "attention-mask localisation" in (ev / "metrics.md").read_text()
 
 
@@ -83,6 +89,7 @@ def test_bilstm_on_frozen_att2_embeddings(att2_run, phantom_scans, tmp_path):
     assert len(list((ev / "sequence_attention").glob("*.png"))) == 3
     rows = list(csv.DictReader(open(ev / "predictions.csv")))
     assert len(rows) == 3 and rows[0]["path"].endswith("_s1")
+    assert res["overall"]["accuracy"]["value"] == pytest.approx(sum(r["label"] == r["pred"] for r in rows) / 3)
     # skipping short scans is counted: every scan with fewer than 9 slices
     from chestdx.data.sequences import build_sequences
     from chestdx.tasks import load_samples

@@ -56,7 +56,20 @@ def test_one_shot_training_on_phantom(phantom_slices, tmp_path):
         assert seg["paper"][key] == pytest.approx(sum(r[key] for r in per_image) / len(per_image))
     assert all(r[key] in (0.0, 1.0) for r in per_image if r["negative"] for key in ("AP", "AP50"))
     assert seg["paper"]["AP50"] >= seg["paper"]["AP75"] >= 0.0  # a looser IoU threshold never scores less
-    assert "eq14_f1" in res["lesion_classification"]
+    # the 3-class figures recounted from predictions.csv (issue 17: values, not a key's presence)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "eval-test" / "predictions.csv")))
+    lc, n = res["lesion_classification"], len(rows)
+    assert lc["accuracy"] == pytest.approx(sum(r["label"] == r["pred"] for r in rows) / n)
+    eq14 = 0.0
+    for c in ("normal", "pneumonia", "covid"):
+        pos = sum(r["label"] == c for r in rows)
+        sens = sum(r["label"] == r["pred"] == c for r in rows) / pos if pos else 0.0
+        spec = (sum(r["label"] != c and r["pred"] != c for r in rows) / (n - pos)) if n - pos else 0.0
+        eq14 += 2 * pos / n * (sens * spec / (sens + spec) if sens + spec else 0.0)
+        assert lc["per_class"][c]["sensitivity"] == pytest.approx(sens)
+    assert lc["eq14_f1"] == pytest.approx(eq14)
     md = (tmp_path / "run" / "eval-test" / "metrics.md").read_text()
     assert "not** the usual F1" in md and "AP@0.75" in md
     assert list((tmp_path / "run" / "eval-test" / "lesions").glob("*.png"))
