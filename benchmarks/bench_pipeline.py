@@ -1,7 +1,7 @@
 """Execution modes end to end on this machine (issue 19): what each mode buys per model and phase,
 and what the chestdx pipeline keeps of it.
 
-One run prints three markdown tables:
+One run prints four markdown tables (every figure of issue 19's item 4):
 
 1. per model (ResNet-50 + MLP and EfficientNet-Lite0 + MLP at 224 px): training images/s at batch 16
    and inference ms/image at batch 1 and 32, for fp32 / channels-last / channels-last + bf16 (and
@@ -10,9 +10,13 @@ One run prints three markdown tables:
    backward, SGD) against the chestdx training loop (a Lightning fit of :class:`ChestTask` on
    in-memory phantom-like images, mode applied as ``chestdx train`` applies it), and a raw forward
    against :func:`chestdx.engine.infer.predict_loader` (the evaluate / table / ensemble loop);
-3. CAM voting (k = 31, the ``full`` recipe's procedure) seconds per image against the forwards it
-   needs (the whole image at batch 1, 31 copies at batch 31), and ``Predictor.predict`` latency per
-   slice with its CAM heatmap (512 px input, preprocessing included).
+3. CAM voting (k = 31, the ``full`` recipe's procedure) seconds per image against one forward and
+   against the forwards it needs (the whole image at batch 1, 31 copies at batch 31);
+4. ``Predictor.predict`` latency per slice with its heatmap (the default ``layercam8`` map; 512 px
+   input, preprocessing included) with ``auto`` (as a user gets it: the mode it picked is named), the
+   fastest inference mode forced and fp32, against a raw forward in the same mode; and the passes of
+   an answer with its map, one shared float32 pass with gradients against the two passes (answer,
+   then a map pass of its own) predict ran before.
 
 Every figure is the minimum over ``--iters`` timed calls, and the things compared in one row are
 timed in turns, so that a shared machine's changing load disturbs them alike. Nothing is asserted.
@@ -200,18 +204,53 @@ def voting(model: Any, mode: Any, size: int, n_images: int) -> Any:
     return vote
 
 
-def predict_call(model: Any, backbone: str, mode: Any, size: int) -> Any:
-    """``Predictor.predict`` of one 512 px slice with its CAM heatmap (an array in: preprocessing,
-    forward, CAM), plain procedure; call it to run once."""
+def _slice_512() -> np.ndarray:
+    g = np.random.default_rng(0)
+    return (g.normal(0, 300, (512, 512)) - 600).astype(np.float32)
+
+
+def predict_call(model: Any, backbone: str, setting: str, size: int) -> tuple[Any, Any]:
+    """``Predictor.predict`` of one 512 px slice with its heatmap (the default map, ``layercam8``; an
+    array in: preprocessing, the answer, the map, the answer's details), plain procedure, speed
+    ``setting`` (``auto``: as a user gets it, resolved and cached on this machine); returns the call
+    and the predictor (its ``speed.modes`` say what ``auto`` chose)."""
     from chestdx.predict.predictor import Predictor
 
-    pred = Predictor.from_model(_recipe(backbone, size, 16), copy.deepcopy(model), speed=mode.name)
-    g = np.random.default_rng(0)
-    img = (g.normal(0, 300, (512, 512)) - 600).astype(np.float32)
-    return lambda: pred.predict(img, heatmap=True)
+    pred = Predictor.from_model(_recipe(backbone, size, 16), copy.deepcopy(model), speed=setting)
+    img = _slice_512()
+    return (lambda: pred.predict(img, heatmap=True)), pred
+
+
+def answer_and_map(model: Any, mode: Any, size: int, shared: bool) -> Any:
+    """The passes of an answer with its ``layercam8`` map on one preprocessed slice in ``mode``:
+    ``shared`` :func:`chestdx.explain.heatmap.answer_with_heatmap` (what ``predict`` runs: one float32
+    pass with gradients in a float32 mode); else the path before issue 19's change, a ``no_grad``
+    answer pass and then :func:`chestdx.explain.heatmap.heatmap` on its output (a float32 pass with
+    gradients of its own). Call it to run once."""
+    from chestdx.engine.infer import run_procedure
+    from chestdx.engine.precision import running, to_mode_input
+    from chestdx.explain.heatmap import answer_with_heatmap, heatmap
+
+    m = copy.deepcopy(model).eval()
+    x = _images(1, size, seed=4)[0]
+
+    def call() -> None:
+        with running(m, mode):
+            xm = to_mode_input(x, mode)
+            if shared:
+                answer_with_heatmap(m, xm)
+            else:
+                heatmap(m, xm, out=run_procedure("plain", {}, m, xm).output)
+
+    return call
 
 
 # ------------------------------------------------------------------------------------------ main
+
+
+def _load(what: str) -> None:
+    la = os.getloadavg()
+    print(f"\n(load average before {what}: {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f})", flush=True)
 
 
 def _fmt_ratio(v: float, ref: float, higher_better: bool) -> str:
@@ -229,16 +268,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loop-batches", type=int, default=3, help="timed batches of the training / evaluate loops")
     ap.add_argument("--vote-images", type=int, default=2, help="images of the CAM voting measurement")
     ap.add_argument("--all-modes", action="store_true", help="also bf16 contiguous in table 1")
+    ap.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4],
+                    help="which tables (without 1, the fastest modes are what auto resolves on this machine)")
     args = ap.parse_args(argv)
 
-    from chestdx.engine.precision import FP32, device_description, parse_speed, supported_computes
+    from chestdx.engine import precision as P
+    from chestdx.engine.precision import FP32, parse_speed
 
     load = os.getloadavg()
-    bf16 = "bf16" in supported_computes("cpu")
+    bf16 = "bf16" in P.supported_computes("cpu")
     names = ["fp32", "channels_last"] + (["bf16"] if bf16 and args.all_modes else []) + \
         (["channels_last+bf16"] if bf16 else [])
     modes = [parse_speed(n) for n in names]
-    print(f"# chestdx pipeline benchmark\n\n{device_description('cpu')}, torch {torch.__version__}, "
+    print(f"# chestdx pipeline benchmark\n\n{P.device_description('cpu')}, torch {torch.__version__}, "
           f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min); "
           f"{args.size} px, iters {args.iters}\n", flush=True)
     t_start = time.perf_counter()
@@ -249,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
         backbone = MODELS[key]
         model = models[key] = _model(backbone, args.size)
         b, n = args.train_batch, args.infer_batch
+        if 1 not in args.tables:
+            best_mode[key] = {"train": P.resolve_mode("auto", model, (b, 1, args.size, args.size), "train"),
+                              "infer": P.resolve_mode("auto", model, (n, 1, args.size, args.size), "inference")}
+            continue
         train = {k: b / v for k, v in _interleaved(
             {m.name: raw_train_step(model, m, b, args.size) for m in modes}, args.iters).items()}
         inf1 = {k: 1000 * v for k, v in _interleaved(
@@ -264,41 +310,66 @@ def main(argv: list[str] | None = None) -> None:
         rows1.append(f"| {key} | inference ms/img, batch {args.infer_batch} | "
                      + " | ".join(_fmt_ratio(infn[n], infn["fp32"], False) for n in names) + " |")
         print(f"(table 1, {key} done at {time.perf_counter() - t_start:.0f} s)", flush=True)
-    print("\n## 1. Modes against fp32 contiguous (ratio: speed-up)\n")
-    print("| model | measure | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names))
-    print("\n".join(rows1), flush=True)
+    if 1 in args.tables:
+        print("\n## 1. Modes against fp32 contiguous (ratio: speed-up)\n")
+        print("| model | measure | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names))
+        print("\n".join(rows1), flush=True)
 
-    print("\n## 2. Raw model against the chestdx loops\n")
-    print("| model | mode | raw train step img/s | chestdx training loop img/s | loop / raw "
-          f"| raw forward ms/img (b{args.infer_batch}) | evaluate loop ms/img | raw / loop |\n|---|---|---|---|---|---|---|---|")
-    for key in args.models:
-        model, backbone = models[key], MODELS[key]
-        for label, tm, im in [("fastest", best_mode[key]["train"], best_mode[key]["infer"]), ("fp32", FP32, FP32)]:
-            step = raw_train_step(model, tm, args.train_batch, args.size)
-            raw_t = _timed(step, args.iters)
-            loop_t = loop_train_ips(backbone, tm, args.train_batch, args.size, args.loop_batches)
-            raw_t = args.train_batch / min(raw_t, _timed(step, args.iters, warmup=0))  # before and after the loop
-            n = args.infer_batch
-            inf = _interleaved({"raw": raw_forward(model, im, n, args.size),
-                                "loop": loop_infer(model, im, n, args.size)}, args.iters)
-            raw_i, loop_i = 1000 * inf["raw"] / n, 1000 * inf["loop"] / n
-            mname = tm.name if tm == im else f"train {tm.name}, inference {im.name}"
-            print(f"| {key} | {mname} ({label}) | {raw_t:.1f} | {loop_t:.1f} | {loop_t / raw_t:.2f} | {raw_i:.1f} "
-                  f"| {loop_i:.1f} | {raw_i / loop_i:.2f} |", flush=True)
+    if 2 in args.tables:
+        _load("table 2")
+        print("\n## 2. Raw model against the chestdx loops\n")
+        print("| model | mode | raw train step img/s | chestdx training loop img/s | loop / raw "
+              f"| raw forward ms/img (b{args.infer_batch}) | evaluate loop ms/img | raw / loop |\n|---|---|---|---|---|---|---|---|")
+        for key in args.models:
+            model, backbone = models[key], MODELS[key]
+            for label, tm, im in [("fastest", best_mode[key]["train"], best_mode[key]["infer"]), ("fp32", FP32, FP32)]:
+                step = raw_train_step(model, tm, args.train_batch, args.size)
+                raw_t = _timed(step, args.iters)
+                loop_t = loop_train_ips(backbone, tm, args.train_batch, args.size, args.loop_batches)
+                raw_t = args.train_batch / min(raw_t, _timed(step, args.iters, warmup=0))  # before and after the loop
+                n = args.infer_batch
+                inf = _interleaved({"raw": raw_forward(model, im, n, args.size),
+                                    "loop": loop_infer(model, im, n, args.size)}, args.iters)
+                raw_i, loop_i = 1000 * inf["raw"] / n, 1000 * inf["loop"] / n
+                mname = tm.name if tm == im else f"train {tm.name}, inference {im.name}"
+                print(f"| {key} | {mname} ({label}) | {raw_t:.1f} | {loop_t:.1f} | {loop_t / raw_t:.2f} | {raw_i:.1f} "
+                      f"| {loop_i:.1f} | {raw_i / loop_i:.2f} |", flush=True)
 
-    print("\n## 3. CAM voting (k = 31) and predict latency\n")
-    print("| model | mode | forward ms, b1 | forward ms/img, b31 | CAM voting s/img | voting / (b1 + 31 x b31 forwards) "
-          "| predict ms/slice with CAM heatmap |\n|---|---|---|---|---|---|---|")
-    for key in args.models:
-        model, backbone = models[key], MODELS[key]
-        for mode in dict.fromkeys([best_mode[key]["infer"], FP32]):
-            t = _interleaved({"vote": voting(model, mode, args.size, args.vote_images),
-                              "b1": raw_forward(model, mode, 1, args.size),
-                              "b31": raw_forward(model, mode, 31, args.size),
-                              "predict": predict_call(model, backbone, mode, args.size)}, args.iters)
-            vote, b31 = t["vote"] / args.vote_images, t["b31"] / 31
-            print(f"| {key} | {mode.name} | {1000 * t['b1']:.1f} | {1000 * b31:.1f} | {vote:.2f} "
-                  f"| {vote / (t['b1'] + 31 * b31):.2f} | {1000 * t['predict']:.1f} |", flush=True)
+    if 3 in args.tables:
+        _load("table 3")
+        print("\n## 3. CAM voting (k = 31) against one forward\n")
+        print("| model | mode | forward ms, b1 | forward ms/img, b31 | CAM voting s/img | voting / one b1 forward "
+              "| voting / (b1 + 31 x b31 forwards) |\n|---|---|---|---|---|---|---|")
+        for key in args.models:
+            model = models[key]
+            for mode in dict.fromkeys([best_mode[key]["infer"], FP32]):
+                t = _interleaved({"vote": voting(model, mode, args.size, args.vote_images),
+                                  "b1": raw_forward(model, mode, 1, args.size),
+                                  "b31": raw_forward(model, mode, 31, args.size)}, args.iters)
+                vote, b31 = t["vote"] / args.vote_images, t["b31"] / 31
+                print(f"| {key} | {mode.name} | {1000 * t['b1']:.1f} | {1000 * b31:.1f} | {vote:.2f} "
+                      f"| {vote / t['b1']:.1f} | {vote / (t['b1'] + 31 * b31):.2f} |", flush=True)
+
+    if 4 in args.tables:
+        _load("table 4")
+        print("\n## 4. Predict latency per slice with its heatmap (layercam8; 512 px in)\n")
+        print("| model | setting (mode used) | predict ms/slice | raw forward ms, b1, same mode | predict / raw forward "
+              "| answer + map passes ms: shared pass | before: two passes | shared / two |\n|---|---|---|---|---|---|---|---|")
+        for key in args.models:
+            model, backbone = models[key], MODELS[key]
+            settings = dict.fromkeys(["auto", best_mode[key]["infer"].name, "fp32"])
+            calls = {s: predict_call(model, backbone, s, args.size) for s in settings}
+            for call, _ in calls.values():
+                call()  # resolves auto (measured once per machine, cached) before the clock
+            for s, (call, pred) in calls.items():
+                used = next(iter(pred.speed.modes.values()))  # what the setting resolved to
+                t = _interleaved({"predict": call, "b1": raw_forward(model, used, 1, args.size),
+                                  "shared": answer_and_map(model, used, args.size, shared=True),
+                                  "two": answer_and_map(model, used, args.size, shared=False)}, max(args.iters, 3))
+                print(f"| {key} | {s} ({used.name}) | {1000 * t['predict']:.1f} | {1000 * t['b1']:.1f} "
+                      f"| {t['predict'] / t['b1']:.2f} | {1000 * t['shared']:.1f} | {1000 * t['two']:.1f} "
+                      f"| {t['shared'] / t['two']:.2f} |", flush=True)
+
     end = os.getloadavg()
     print(f"\nwall {time.perf_counter() - t_start:.0f} s; load average at end {end[0]:.2f} / {end[1]:.2f} / "
           f"{end[2]:.2f}")

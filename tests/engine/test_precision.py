@@ -7,7 +7,10 @@ Tolerances (bf16 keeps 8 bits of mantissa; the maps are computed in float32 from
 - labels: identical on the fixed test set;
 - CAM (each map scaled to [0, 1]): max abs difference <= 0.1, mean <= 0.02;
 - attention heatmaps (ATT2, MAG-SD; scaled by their maximum): max abs difference <= 0.1;
-- training: the bf16 + channels-last run's validation accuracy >= the fp32 run's - 0.1.
+- training: the bf16 + channels-last run's validation accuracy >= the fp32 run's - 0.1;
+- an answer with its stage heatmap (one float32 pass with gradients): exactly the plain answer in the
+  same mode, its map that of heatmap() to 1e-5 (tests/explain/test_heatmap.py: under bf16 autocast
+  the map still comes from a float32 pass).
 """
 
 from __future__ import annotations
@@ -218,6 +221,66 @@ def test_auto_measures_once_and_caches(fresh_cache, monkeypatch):
     assert len(calls) == 3 and len(json.loads(fresh_cache.read_text())) == 3
 
 
+def test_modes_per_job(fresh_cache, monkeypatch):
+    """The predictor's ``auto`` resolves per job: a plain answer with its stage heatmap among the float32
+    modes (keyed ``... fp32``: the map needs a float32 pass, which then also gives the answer), one
+    without a heatmap among all; CAM voting of one image for a batch (its k copies); forced settings
+    and $CHESTDX_SPEED stay as they are."""
+    from chestdx.models import build_model
+    from chestdx.predict.predictor import Predictor
+
+    seen = []
+    fake = {"fp32": 1.0, "channels_last": 0.8, "bf16": 0.6, "channels_last+bf16": 0.4}
+    monkeypatch.setattr(P, "supported_computes", lambda device="cpu": ("fp32", "bf16"))
+    monkeypatch.setattr(P, "measure_modes", lambda m, s, ph, d, modes, **k: (
+        seen.append((tuple(s), [x.name for x in modes])) or {x.name: fake[x.name] for x in modes}))
+    model = build_model(load_recipe("baseline", SMALL).model, num_classes=2, in_chans=1)
+    x, _ = _blobs(1, seed=9)
+    plain = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="auto")
+    plain.predict_tensor(x, ["a"], heatmap=True)
+    plain.predict_tensor(x, ["a"], heatmap=False)
+    assert {k: m.name for k, m in plain.speed.modes.items()} == {"1x1x64x64 fp32": "channels_last",
+                                                                  "1x1x64x64": "channels_last+bf16"}
+    assert seen == [((1, 1, 64, 64), ["fp32", "channels_last"]),
+                    ((1, 1, 64, 64), ["fp32", "channels_last", "bf16", "channels_last+bf16"])]
+    assert plain.resolve_speed((1, 4)) == {"1x1x64x64 fp32": "channels_last", "1x1x64x64": "channels_last+bf16",
+                                           "Nx1x64x64": "channels_last+bf16", "Nx1x64x64 fp32": "channels_last"}
+    from chestdx.engine.infer import pass_batch
+
+    assert (pass_batch("cam_voting", {"k": 5}, 1), pass_batch("cam_voting", {}, 2), pass_batch("plain", {}, 3)) == (5, 62, 3)
+    vote = load_recipe("baseline", {**SMALL, "inference": {"name": "cam_voting", "params": {"k": 5, "cell": 8}}})
+    voting = Predictor.from_model(vote, model, speed="auto")
+    voting.predict_tensor(x, ["a"], heatmap=True)
+    assert list(voting.speed.modes) == ["Nx1x64x64"]  # the 5 copies' batch, whatever the heatmap
+    forced = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="channels_last+bf16")
+    forced.predict_tensor(x, ["a"], heatmap=True)
+    assert forced.speed.modes == {"1x1x64x64": parse_speed("channels_last+bf16")}
+    monkeypatch.setenv("CHESTDX_SPEED", "bf16")
+    env = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="auto")
+    env.predict_tensor(x, ["a"], heatmap=True)
+    assert env.speed.modes == {"1x1x64x64": parse_speed("bf16")}
+
+
+def test_answer_with_heatmap_is_the_plain_answer(trained):
+    """In a float32 mode the answer that comes with its heatmap (one pass with gradients) is exactly
+    the plain answer, and the map is the one heatmap() draws."""
+    from chestdx.explain.heatmap import heatmap
+    from chestdx.predict.answers import unit_scale
+    from chestdx.predict.predictor import Predictor
+
+    model, _ = trained
+    x, _ = _blobs(4, seed=10)
+    for speed in ("fp32", "channels_last"):
+        pred = Predictor.from_model(load_recipe("baseline", SMALL), model, speed=speed)
+        with_map = pred.predict_tensor(x, list("abcd"), heatmap=True)
+        without = pred.predict_tensor(x, list("abcd"), heatmap=False)
+        assert [a.probs for a in with_map] == [b.probs for b in without]
+        want, kind = heatmap(model, x)
+        assert all(a.details["heatmap_kind"] == kind == "layercam8" for a in with_map)
+        for a, w in zip(with_map, want, strict=True):
+            assert abs(a.heatmap - unit_scale(w.numpy())).max() <= 1e-5
+
+
 def test_auto_keeps_fp32_within_margin():
     assert P._pick({"fp32": 1.0, "channels_last": 1.2, "bf16": 0.97}).name == "fp32"
     assert P._pick({"fp32": 1.0, "channels_last": 0.99, "bf16": 0.5}).name == "bf16"
@@ -371,11 +434,15 @@ def test_bf16_attention_maps_close_to_fp32(recipe, kind):
 
 
 @needs_bf16
-def test_predictor_and_voting_in_bf16(trained):
+@pytest.mark.parametrize("k", [5, 31])
+def test_predictor_and_voting_in_bf16(trained, k):
+    """CAM voting in channels-last + bf16 (the 6 images' k copies in one pass) against fp32: the same
+    labels and flips (k = 31: the paper's vote), probabilities and heatmaps within the tolerances."""
     from chestdx.predict.predictor import Predictor
 
     model, _ = trained
-    recipe = load_recipe("baseline", {**SMALL, "inference": {"name": "cam_voting", "params": {"k": 5, "cell": 8}}})
+    recipe = load_recipe("baseline", {**SMALL, "inference": {"name": "cam_voting", "params": {"k": k, "cell": 8,
+                                                                                               "chunk": 6 * k}}})
     x, _ = _blobs(6, seed=8)
     ref = Predictor.from_model(recipe, model, speed="fp32").predict_tensor(x, list("abcdef"), heatmap=True)
     fast = Predictor.from_model(recipe, model, speed="channels_last+bf16")
@@ -387,6 +454,8 @@ def test_predictor_and_voting_in_bf16(trained):
         assert a.heatmap.dtype == b.heatmap.dtype == "float32"
         assert abs(a.heatmap - b.heatmap).max() <= 0.15
         assert a.details["flipped"] == b.details["flipped"]
+        assert max(abs(u - v) for u, v in zip(a.details["vote_probs"], b.details["vote_probs"], strict=True)) <= 0.03
+    assert any(b.details["flipped"] for b in ref)  # votes that flip are compared too (k = 31: 2 of the 6)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -455,3 +524,22 @@ def test_task_converts_batches_in_channels_last_modes():
     assert got["image"].is_contiguous(memory_format=torch.channels_last) and torch.equal(got["image"], batch["image"])
     assert batch["image"].is_contiguous()  # the caller's dict is not changed
     assert task.on_after_batch_transfer({"seg": [1]}, 0) == {"seg": [1]}  # lesion batches pass through
+
+
+def test_one_channel_inputs_run_channels_last():
+    """A grey ``(B, 1, H, W)`` batch gets channels-last strides (PyTorch keeps the NCHW ones for one
+    channel, and a convolution then answers NCHW), so the network runs channels-last from the stem on;
+    the training batches too."""
+    from chestdx.engine.task import ChestTask
+
+    conv = P.set_memory_format(torch.nn.Conv2d(1, 8, 3), True)
+    mode = parse_speed("channels_last")
+    x = torch.randn(2, 1, 8, 8)
+    xm = P.to_mode_input(x, mode)
+    assert xm.stride() == (64, 1, 8, 1) and torch.equal(xm, x) and xm.data_ptr() == x.data_ptr()  # a view
+    assert conv(xm).is_contiguous(memory_format=torch.channels_last)
+    assert not conv(x.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
+    assert P.to_mode_input(x, P.FP32) is x
+    task = ChestTask(load_recipe("baseline", SMALL), [1, 1], in_chans=1)
+    task.exec_mode = mode
+    assert task.on_after_batch_transfer({"image": x, "label": torch.tensor([0, 1])}, 0)["image"].stride(1) == 1

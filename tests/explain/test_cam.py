@@ -114,3 +114,42 @@ def test_upsample_and_normalize():
     n = normalize_maps(m)
     assert torch.allclose(n[0], torch.tensor([[0.0, 0.5], [1.0, 0.25]]))
     assert torch.equal(n[1], torch.zeros(2, 2))
+
+
+def _manual_stage_map(m, x, stride, method):
+    """LayerCAM / Grad-CAM at a stage, written out with autograd (independent of chestdx.explain.cam)."""
+    with torch.enable_grad():
+        final, stages = m.backbone.forward_stages(x.detach().requires_grad_(True))
+        a = stages[list(m.backbone.stage_strides).index(stride)]
+        logits = m.head(final.mean(dim=(-2, -1)))
+        (g,) = torch.autograd.grad(logits.gather(1, logits.argmax(1)[:, None]).sum(), a)
+    w = F.relu(g) if method == "layercam" else g.sum(dim=(2, 3), keepdim=True)
+    return F.relu((w * a).sum(1)).detach()
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("speed", ["fp32", "channels_last"])
+def test_stage_pass_answer_is_the_plain_forward(backbone, speed):
+    """One pass with gradients gives exactly the no-grad answer in the same mode (the same operations)
+    and the stage map stage_cam gives; no parameter receives a gradient, frozen parameters are fine."""
+    from chestdx.engine.precision import parse_speed, running, to_mode_input
+    from chestdx.explain.cam import stage_cam, stage_pass
+
+    torch.manual_seed(0)
+    m = ResNetMLP(2, backbone, head_hidden=16).eval()
+    x = torch.randn(3, 1, 64, 64)
+    mode = parse_speed(speed)
+    with running(m, mode):
+        xm = to_mode_input(x, mode)
+        with torch.no_grad():
+            ref = m(xm)
+        out, maps = stage_pass(m, xm, "layercam8")
+        assert torch.equal(out.logits, ref.logits) and torch.equal(out.features, ref.features)
+        assert torch.equal(out.embedding, ref.embedding) and not out.logits.requires_grad
+        assert torch.equal(maps, stage_cam(m, xm, "layercam8")) and maps.shape == (3, 8, 8)
+        torch.testing.assert_close(maps, _manual_stage_map(m, xm, 8, "layercam"), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stage_pass(m, xm, "gradcam16")[1], _manual_stage_map(m, xm, 16, "gradcam"),
+                                   rtol=1e-4, atol=1e-6)
+        assert all(p.grad is None for p in m.parameters())
+        m.requires_grad_(False)
+        assert torch.equal(stage_pass(m, xm, "layercam8")[1], maps)

@@ -65,3 +65,47 @@ def test_bad_kinds():
         heatmap(_model("demo"), torch.zeros(1, 1, 32, 32), "gradients")
     with pytest.raises(ConfigError, match="no attention maps"):
         heatmap(_model("demo"), torch.zeros(1, 1, 32, 32), "attention")
+
+
+def _count_passes(model, monkeypatch):
+    """Count the backbone passes (forward or forward_stages) ``model`` makes."""
+    calls = []
+    bb = model.backbone
+    for name in ("forward", "forward_stages"):
+        orig = getattr(bb, name)
+        monkeypatch.setattr(bb, name, lambda x, _o=orig, _n=name: calls.append(_n) or _o(x))
+    return calls
+
+
+def test_answer_with_heatmap_shares_the_float32_pass(monkeypatch):
+    """A stage map outside autocast: one backbone pass gives the no-grad answer and heatmap()'s map.
+    Under bf16 autocast: the answer of a bf16 pass, the map of a float32 pass (two passes)."""
+    from chestdx.explain.heatmap import answer_with_heatmap, stage_kind
+
+    torch.manual_seed(0)
+    model = _model("demo")
+    x = torch.randn(2, 1, 64, 64)
+    assert stage_kind(model) == "layercam8" and stage_kind(model, "gradcam16") == "gradcam16"
+    assert stage_kind(model, "cam") is None and stage_kind(model, "auto", 5) is None
+    assert stage_kind(_model("att2")) is None and stage_kind(_model("magsd")) is None
+    with torch.no_grad():
+        ref = model(x)
+    want, _ = heatmap(model, x, out=ref)
+    calls = _count_passes(model, monkeypatch)
+    out, maps, kind = answer_with_heatmap(model, x)
+    assert calls == ["forward_stages"] and kind == "layercam8"
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.probs, ref.probs) and torch.equal(maps, want)
+    assert all(p.grad is None for p in model.parameters())
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            ref16 = model(x)
+        calls.clear()
+        out16, maps16, _ = answer_with_heatmap(model, x)
+    assert calls == ["forward", "forward_stages"]  # the answer in bf16, the map in float32
+    assert torch.equal(out16.logits.float(), ref16.logits.float()) and not torch.equal(out16.logits.float(), ref.logits)
+    torch.testing.assert_close(maps16, want, rtol=0, atol=1e-6)
+
+    att2 = _model("att2")
+    out, maps, kind = answer_with_heatmap(att2, torch.randn(1, 1, 32, 32))
+    assert kind == "att2" and maps.shape == (1, 32, 32)

@@ -29,7 +29,12 @@ this process (e.g. ``CHESTDX_SPEED=fp32`` turns measuring off); a forced setting
 ``auto`` picks the fastest mode, except that a float32 mode within 5 % of the fastest wins (no
 precision given away for noise). Autocast changes results slightly (bf16 keeps 8 bits of mantissa:
 probabilities move by up to a few 1e-2 on a trained model); maps (CAM, attention) are always
-computed from float32 copies (:func:`float32_output`, :func:`chestdx.explain.cam.cam_from_features`).
+computed from float32 copies (:func:`float32_output`, :func:`chestdx.explain.cam.cam_from_features`),
+and stage maps (``layercam8``, the default heatmap of a CNN) from a float32 pass of their own: from
+bf16 activations they moved far from the float32 map on a trained EfficientNet-Lite0 (docs/results.md,
+issue 19). An answer with such a heatmap is therefore cheapest in a float32 mode, where one pass with
+gradients gives both, and ``auto`` picks among the float32 modes for it
+(:meth:`InferenceSpeed.mode_for` ``exact``).
 
 torch is imported inside the functions, so that :mod:`chestdx.config` can validate settings
 without importing it.
@@ -87,6 +92,9 @@ ENV_SPEED = "CHESTDX_SPEED"
 """Environment variable: what ``auto`` means in this process (a forced setting string)."""
 
 CACHE_NAME = "precision.json"
+MEASURE_VERSION = 2
+"""Part of every cache key: raised when what a mode runs changes, so that older choices are measured
+again (2: one-channel inputs run channels-last from the first convolution, :func:`to_mode_input`)."""
 EXACT_MARGIN = 0.05
 """``auto`` keeps a float32 mode whose time is within this fraction of the fastest mode's."""
 
@@ -377,11 +385,20 @@ def apply_memory_format(model: nn.Module, mode: ExecMode) -> nn.Module:
 
 def to_mode_input(x: Tensor, mode: ExecMode) -> Tensor:
     """``x`` in the mode's memory format: a 4D floating tensor ``(B, C, H, W)`` becomes channels-last
-    (same values, NHWC strides); anything else is returned as it is."""
+    (same values, NHWC strides); anything else is returned as it is.
+
+    One channel (chestdx's grey images): NCHW and NHWC describe the same memory, and PyTorch keeps
+    the NCHW strides ``(HW, HW, W, 1)``, which the first convolution reads as NCHW, so its output and
+    every layer after it ran NCHW even with channels-last weights. The strides are rewritten to
+    ``(HW, 1, W, 1)`` (a view, no copy), so the network runs channels-last from the stem on: on the
+    2-core CPU of issue 19 in channels-last + bf16, EfficientNet-Lite0 1.6x and ResNet-50 1.09x faster.
+    """
     import torch
 
     if mode.channels_last and getattr(x, "ndim", 0) == 4 and x.is_floating_point():
-        return x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if x.shape[1] == 1 and x.stride(1) != 1:
+            x = x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)), x.storage_offset())
     return x
 
 
@@ -587,7 +604,8 @@ def _read_cache(path: Path) -> dict[str, Any]:
 def _cache_key(fingerprint: str, shape_key: str, phase: str, device: Any, restrict: str | None) -> str:
     import torch
 
-    parts = [phase, fingerprint, shape_key, device_description(device), f"torch {torch.__version__}"]
+    parts = [phase, fingerprint, shape_key, device_description(device), f"torch {torch.__version__}",
+             f"measure v{MEASURE_VERSION}"]
     if restrict:
         parts.append(f"compute {restrict}")
     return " | ".join(parts)
@@ -694,17 +712,32 @@ class InferenceSpeed:
         self.modes: dict[str, ExecMode] = {}
         """Resolved modes by shape key (``1x1x224x224``, ``Nx1x224x224``)."""
 
-    def mode_for(self, shape: Sequence[int]) -> ExecMode:
-        """The mode for a batch of ``shape`` (resolved once per shape key)."""
+    def mode_for(self, shape: Sequence[int], *, exact: bool = False) -> ExecMode:
+        """The mode for a batch of ``shape`` (resolved once per shape key).
+
+        ``exact``: the job needs a float32 pass anyway (an answer with a gradient heatmap, which a
+        float32 mode computes in the answer's own pass: :func:`chestdx.explain.heatmap.answer_with_heatmap`),
+        so ``auto`` picks among the float32 modes only (keyed ``<shape> fp32``); a forced setting and
+        ``$CHESTDX_SPEED`` are kept as they are.
+        """
         _, key = _measure_shape(shape, "inference")
+        compute = "fp32" if exact and self.setting == "auto" and _env_setting() is None else None
+        if compute:
+            key = f"{key} {compute}"
         if key not in self.modes:
-            self.modes[key] = resolve_mode(self.setting, self.model, shape, "inference", self.device)
+            self.modes[key] = resolve_mode(self.setting, self.model, shape, "inference", self.device, compute=compute)
         return self.modes[key]
 
     @contextlib.contextmanager
-    def run(self, images: Tensor) -> Iterator[Tensor]:
-        """Enter the mode for ``images (B, ...)``; yields them in its memory format (see :func:`running`)."""
-        mode = self.mode_for(images.shape)
+    def run(self, images: Tensor, *, batch: int | None = None, exact: bool = False) -> Iterator[Tensor]:
+        """Enter the mode for ``images (B, ...)``; yields them in its memory format (see :func:`running`).
+
+        ``batch``: how many images the job sends through the network at once where that is not ``B``
+        (CAM voting's masked copies: :func:`chestdx.engine.infer.pass_batch`); the mode is the one for
+        that batch. ``exact``: see :meth:`mode_for`.
+        """
+        shape = tuple(images.shape) if batch is None else (int(batch), *images.shape[1:])
+        mode = self.mode_for(shape, exact=exact)
         with running(self.model, mode, self.device):
             yield to_mode_input(images, mode)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chestdx.config import Recipe
-from chestdx.engine.precision import FP32, ExecMode, set_memory_format
+from chestdx.engine.precision import FP32, ExecMode, set_memory_format, to_mode_input
 from chestdx.engine.val_metrics import validation_metrics
 from chestdx.mixing import build_mixer
 from chestdx.models import ChestModel, ModelOutput, build_model
@@ -84,11 +84,12 @@ class ChestTask(L.LightningModule):
             set_memory_format(self.model, False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Channels-last modes: the batch's 4D ``image (B, C, H, W)`` in NHWC strides (same values)."""
+        """Channels-last modes: the batch's 4D ``image (B, C, H, W)`` in NHWC strides (same values; one
+        channel too: :func:`~chestdx.engine.precision.to_mode_input`)."""
         if self.exec_mode.channels_last and isinstance(batch, dict):
             img = batch.get("image")
             if isinstance(img, Tensor) and img.ndim == 4:
-                batch = {**batch, "image": img.contiguous(memory_format=torch.channels_last)}
+                batch = {**batch, "image": to_mode_input(img, self.exec_mode)}
         return batch
 
     def forward(self, x: Tensor) -> ModelOutput:

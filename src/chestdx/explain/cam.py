@@ -179,6 +179,17 @@ FINE_KINDS: dict[str, tuple[str, int]] = {
 }
 
 
+def has_stage_maps(model: ChestModel, kind: str) -> bool:
+    """Whether :func:`stage_cam` can give ``kind`` (one of :data:`FINE_KINDS`) for ``model``: a backbone +
+    pooled-head classifier whose backbone has a stage at the kind's stride."""
+    from chestdx.models.backbones import Backbone
+    from chestdx.models.classifier import ResNetMLP
+
+    bb = getattr(model, "backbone", None)
+    return (kind in FINE_KINDS and isinstance(model, ResNetMLP) and isinstance(bb, Backbone)
+            and FINE_KINDS[kind][1] in tuple(bb.stage_strides))
+
+
 def _staged_backbone(model: ChestModel) -> Any:
     from chestdx.errors import ConfigError
     from chestdx.models.backbones import Backbone
@@ -191,48 +202,9 @@ def _staged_backbone(model: ChestModel) -> Any:
     return bb
 
 
-def stage_cam(model: ChestModel, images: Tensor, kind: str,
-              target: Tensor | int | Sequence[int] | None = None) -> Tensor:
-    """A CAM at a finer output stride than the last stage, at feature (grid) resolution.
-
-    Kinds (:data:`FINE_KINDS`), with ``A`` the stage's features ``(B, C, h, w)`` and ``g = d logit_target / d A``
-    (the gradient flows through the later stages and the head; the classification is untouched):
-
-    - ``gradcam16``: Grad-CAM at the stride-16 stage, ``ReLU(sum_k (sum_xy g_k) A_k)`` (ResNet layer3);
-    - ``layercam16`` / ``layercam8``: LayerCAM (Jiang et al. 2021) at stride 16 / 8,
-      ``ReLU(sum_k ReLU(g_k(x, y)) A_k(x, y))``: position-wise weights, which keep the finer stage's detail;
-    - ``fused16``: the last-stage CAM (stride 32, :func:`cam_from_features`) bilinearly upsampled to the
-      stride-16 grid, times the ``gradcam16`` map, square root (each scaled to peak 1 first): where both agree.
-
-    Args:
-        model: a backbone + pooled-head classifier (:class:`~chestdx.models.classifier.ResNetMLP`, any backbone).
-        images: ``(B, C, H, W)``.
-        target: ``None`` (the predicted class), an int, ``(B,)`` labels or ``(B, K)`` soft targets.
-
-    Returns:
-        ``(B, h, w)`` non-negative float32 maps, ``h = H / stride`` (rounded up as the network does).
-
-    Raises:
-        ConfigError: an unknown kind, a model without stage features, or a backbone with no stage at that stride.
-    """
-    from chestdx.errors import ConfigError
-
-    if kind not in FINE_KINDS:
-        raise ConfigError(f"unknown fine CAM kind {kind!r}; choose one of {sorted(FINE_KINDS)}")
-    method, stride = FINE_KINDS[kind]
-    bb = _staged_backbone(model)
-    strides = list(bb.stage_strides)
-    if stride not in strides:
-        raise ConfigError(f"backbone '{bb.name}' has no stage at stride {stride} (strides {strides})")
-    si = strides.index(stride)
-    with torch.enable_grad(), torch.autocast(images.device.type, enabled=False):
-        x = images.detach().float().requires_grad_(True)  # builds the graph even with frozen parameters
-        final, stages = bb.forward_stages(x)
-        a = stages[si]
-        logits, _ = model.forward_head(final)
-        t = _as_target(target, logits)
-        score = logits.float().gather(1, t[:, None]).sum()
-        ga, gf = torch.autograd.grad(score, [a, final])
+def _stage_maps(method: str, a: Tensor, ga: Tensor, final: Tensor, gf: Tensor) -> Tensor:
+    """The map of ``method`` from stage features ``a (B, C, h, w)``, their gradient ``ga`` and the last
+    stage's ``final`` / ``gf`` (for ``fused``), in float32 whatever their dtype: ``(B, h, w)``."""
     a, ga = a.detach().float(), ga.float()
     if method == "layercam":
         return F.relu((F.relu(ga) * a).sum(dim=1))
@@ -248,11 +220,97 @@ def stage_cam(model: ChestModel, images: Tensor, kind: str,
     return torch.sqrt(unit(coarse) * unit(fine))
 
 
+def stage_pass(model: ChestModel, images: Tensor, kind: str,
+               target: Tensor | int | Sequence[int] | None = None) -> tuple[ModelOutput, Tensor]:
+    """One forward pass with gradients that gives both the model's answer and a :data:`FINE_KINDS` map.
+
+    The pass runs in the caller's execution mode (memory format of ``images`` and the weights, any
+    autocast the caller entered: :func:`chestdx.engine.precision.running`); the backward goes only
+    from the target logit down to the stage the map is taken at (no parameter gradients, nothing
+    before that stage). In float32 modes the output is exactly ``model(images)`` under ``no_grad``
+    (the same operations: tests/explain/test_cam.py checks it for ResNets and EfficientNet-Lite), so
+    a caller that wants an answer and its map pays one forward and a partial backward instead of two
+    forwards. Under bf16 / fp16 autocast the map would come from low-precision activations and
+    gradients; on a trained EfficientNet-Lite0 that moved LayerCAM-8 maps far from the float32 map
+    (median per-image max difference 0.38 of the peak, docs/results.md), so callers that need the
+    float32 map (:func:`stage_cam`, :func:`chestdx.explain.heatmap.answer_with_heatmap`) turn autocast
+    off for this pass.
+
+    Args:
+        model: a backbone + pooled-head classifier (:class:`~chestdx.models.classifier.ResNetMLP`).
+        images: ``(B, C, H, W)``.
+        kind: one of :data:`FINE_KINDS`.
+        target: ``None`` (the class this pass predicts), an int, ``(B,)`` labels or ``(B, K)`` soft targets.
+
+    Returns:
+        ``(output, maps)``: the :class:`~chestdx.models.ModelOutput` (float32, detached: logits ``(B, K)``,
+        features ``(B, C_last, H/32, W/32)``, embedding ``(B, C_last)``) and ``(B, h, w)`` non-negative
+        float32 maps at the stage's grid (``h = H / stride``, rounded up as the network does).
+
+    Raises:
+        ConfigError: an unknown kind, a model without stage features, or a backbone with no stage at that stride.
+    """
+    from chestdx.errors import ConfigError
+
+    if kind not in FINE_KINDS:
+        raise ConfigError(f"unknown fine CAM kind {kind!r}; choose one of {sorted(FINE_KINDS)}")
+    method, stride = FINE_KINDS[kind]
+    bb = _staged_backbone(model)
+    strides = list(bb.stage_strides)
+    if stride not in strides:
+        raise ConfigError(f"backbone '{bb.name}' has no stage at stride {stride} (strides {strides})")
+    si = strides.index(stride)
+    with torch.enable_grad():
+        x = images.detach()
+        if not x.is_floating_point():
+            x = x.float()
+        x.requires_grad_(True)  # builds the graph even with frozen parameters
+        final, stages = bb.forward_stages(x)
+        a = stages[si]
+        logits, emb = model.forward_head(final)
+        t = _as_target(target, logits)
+        score = logits.float().gather(1, t[:, None]).sum()
+        ga, gf = torch.autograd.grad(score, [a, final])
+    out = ModelOutput(logits=logits.detach().float(), features=final.detach().float(), embedding=emb.detach().float())
+    return out, _stage_maps(method, a, ga, final, gf)
+
+
+def stage_cam(model: ChestModel, images: Tensor, kind: str,
+              target: Tensor | int | Sequence[int] | None = None) -> Tensor:
+    """A CAM at a finer output stride than the last stage, at feature (grid) resolution.
+
+    Kinds (:data:`FINE_KINDS`), with ``A`` the stage's features ``(B, C, h, w)`` and ``g = d logit_target / d A``
+    (the gradient flows through the later stages and the head; the classification is untouched):
+
+    - ``gradcam16``: Grad-CAM at the stride-16 stage, ``ReLU(sum_k (sum_xy g_k) A_k)`` (ResNet layer3);
+    - ``layercam16`` / ``layercam8``: LayerCAM (Jiang et al. 2021) at stride 16 / 8,
+      ``ReLU(sum_k ReLU(g_k(x, y)) A_k(x, y))``: position-wise weights, which keep the finer stage's detail;
+    - ``fused16``: the last-stage CAM (stride 32, :func:`cam_from_features`) bilinearly upsampled to the
+      stride-16 grid, times the ``gradcam16`` map, square root (each scaled to peak 1 first): where both agree.
+
+    The pass runs in float32 with autocast off whatever the caller's mode (:func:`stage_pass` under
+    autocast would distort the map); a channels-last model and input stay channels-last.
+
+    Args:
+        model: a backbone + pooled-head classifier (:class:`~chestdx.models.classifier.ResNetMLP`, any backbone).
+        images: ``(B, C, H, W)``.
+        target: ``None`` (the predicted class), an int, ``(B,)`` labels or ``(B, K)`` soft targets.
+
+    Returns:
+        ``(B, h, w)`` non-negative float32 maps, ``h = H / stride`` (rounded up as the network does).
+
+    Raises:
+        ConfigError: an unknown kind, a model without stage features, or a backbone with no stage at that stride.
+    """
+    with torch.autocast(images.device.type, enabled=False):
+        return stage_pass(model, images.detach().float(), kind, target)[1]
+
+
 def fine_cam(model: ChestModel, images: Tensor, kind: str,
              target: Tensor | int | Sequence[int] | None = None) -> Tensor:
     """:func:`stage_cam` bilinearly upsampled to the input: ``(B, C, H, W)`` -> ``(B, H, W)`` raw maps."""
     return upsample_map(stage_cam(model, images, kind, target), images.shape[2:])
 
 
-__all__ = ["FINE_KINDS", "cam", "cam_from_features", "fine_cam", "normalize_maps", "stage_cam", "upsample_map",
-           "volume_cam"]
+__all__ = ["FINE_KINDS", "cam", "cam_from_features", "fine_cam", "has_stage_maps", "normalize_maps", "stage_cam",
+           "stage_pass", "upsample_map", "volume_cam"]

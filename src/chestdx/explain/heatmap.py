@@ -27,7 +27,7 @@ from torch import Tensor
 from chestdx.errors import ConfigError
 from chestdx.models import ChestModel, ModelOutput
 
-__all__ = ["DEFAULT_CNN_KIND", "HEATMAP_KINDS", "heatmap", "heatmap_grid"]
+__all__ = ["DEFAULT_CNN_KIND", "HEATMAP_KINDS", "answer_with_heatmap", "heatmap", "heatmap_grid", "stage_kind"]
 
 HEATMAP_KINDS = ("auto", "cam", "gradcam16", "layercam16", "layercam8", "fused16", "attention", "att2")
 #: What ``auto`` draws for a CNN classifier: the kind with the best pointing game on the demo's phantom
@@ -75,6 +75,57 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
         except ConfigError:  # no stage features (another architecture): the last-stage CAM
             pass
     return _unit(cam(model, images, out=out).detach()), "cam"
+
+
+def stage_kind(model: ChestModel, kind: str = "auto", ndim: int = 4) -> str | None:
+    """The stage map (one of :data:`~chestdx.explain.cam.FINE_KINDS`) :func:`heatmap` draws for ``kind``
+    on ``model`` with inputs of ``ndim`` dimensions, or None where it draws none (``cam``, attention
+    kinds, 3D inputs, ``auto`` on a model without stage features): the maps that need a pass of their
+    own with gradients, which :func:`answer_with_heatmap` shares with the answer."""
+    from chestdx.explain.cam import FINE_KINDS, has_stage_maps
+
+    if kind in FINE_KINDS:
+        return kind
+    if kind == "auto" and ndim == 4 and DEFAULT_CNN_KIND in FINE_KINDS and has_stage_maps(model, DEFAULT_CNN_KIND):
+        return DEFAULT_CNN_KIND
+    return None
+
+
+def answer_with_heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -> tuple[ModelOutput, Tensor, str]:
+    """The model's output on ``images (B, C, H, W)`` and its heatmap, in as few passes as the map allows.
+
+    A stage map (:func:`stage_kind`: ``layercam8``, the ``auto`` map of a CNN classifier, and the other
+    fine kinds) needs a float32 pass with gradients. Outside autocast (the ``fp32`` and
+    ``channels_last`` modes) that one pass also gives the answer
+    (:func:`~chestdx.explain.cam.stage_pass`: the output is exactly ``model(images)`` under
+    ``no_grad``, the backward stops at the map's stage). Under bf16 / fp16 autocast the answer comes
+    from a ``no_grad`` pass in the caller's mode and the map from a float32 pass of its own: a map from
+    bf16 activations is too far from the float32 map (docs/results.md, issue 19), so an answer with a
+    stage map is cheapest in a float32 mode, which is what ``auto`` picks for it
+    (:meth:`chestdx.engine.precision.InferenceSpeed.mode_for`, ``exact``). Any other kind: the answer's
+    ``no_grad`` pass and the map from its output (:func:`heatmap` with ``out``).
+
+    Returns:
+        ``(output, maps, kind used)``: the float32 :class:`~chestdx.models.ModelOutput`, ``(B, H, W)``
+        maps in ``[0, 1]``.
+
+    Raises:
+        ConfigError: an unknown ``kind``, or a kind the model cannot give.
+    """
+    from chestdx.explain.cam import stage_pass, upsample_map
+
+    fine = stage_kind(model, kind, images.ndim)
+    if fine is not None and not torch.is_autocast_enabled(images.device.type):
+        try:
+            out, maps = stage_pass(model, images, fine)
+            return out, _unit(upsample_map(maps, images.shape[2:]).detach()), fine
+        except ConfigError:  # auto on a backbone that cannot give its stages: heatmap() falls back to CAM
+            if kind != "auto":
+                raise
+    with torch.no_grad():
+        out = model(images)
+    maps, used = heatmap(model, images, kind, out=out)
+    return out, maps, used
 
 
 def heatmap_grid(model: ChestModel, kind: str, size: tuple[int, int]) -> tuple[int, int] | None:

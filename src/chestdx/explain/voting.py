@@ -27,7 +27,12 @@ Choices where the paper is silent:
 The model's mode is the caller's: call it on a model in ``eval()`` mode. So is the execution mode
 (:mod:`chestdx.engine.precision`): inside :func:`~chestdx.engine.precision.running` the whole image
 and every copy go through the network under its autocast and memory format; the CAM is computed in
-float32 either way.
+float32 either way. The copies are the work (k = 31 forwards per image against one), so callers
+choose the mode for the copies' batch, not for the input batch
+(:func:`chestdx.engine.infer.pass_batch`): one image's 31 copies run in the batch mode.
+
+Cost: the whole images' pass, then ``ceil(B * k / chunk)`` passes over all the copies, made at once
+per chunk (one gather of the images, masked in place; no Python loop over copies).
 """
 
 from __future__ import annotations
@@ -85,19 +90,26 @@ def cell_scores(cam_map: Tensor, cell: int) -> Tensor:
     return padded.view(b, gh, cell, gw, cell).sum(dim=(2, 4))
 
 
-def _masked_copies(images: Tensor, rank: Tensor, counts: Tensor, cell: int, fill: float) -> Tensor:
-    """Copies of ``images[j]`` with the ``counts[j]`` top-ranked cells set to ``fill``.
+def _masked_copies(images: Tensor, rank: Tensor, which: Tensor, counts: Tensor, cell: int, fill: float) -> Tensor:
+    """Copies ``n`` of ``images[which[i]]`` with its ``counts[i]`` top-ranked cells set to ``fill``.
+
+    One tensor of copies is made (the gather, in the images' memory format) and masked in place with
+    the cell mask spread over each ``cell x cell`` patch (one boolean ``(n, 1, H, W)`` tensor).
 
     Args:
-        images: ``(n, C, H, W)``.
-        rank: ``(n, gh, gw)`` position of each cell in the descending CAM order (0 = highest).
-        counts: ``(n,)`` how many cells to mask.
+        images: ``(B, C, H, W)``.
+        rank: ``(B, gh, gw)`` position of each cell in the descending CAM order (0 = highest).
+        which: ``(n,)`` the image of each copy.
+        counts: ``(n,)`` how many cells each copy masks.
+
+    Returns:
+        ``(n, C, H, W)``.
     """
     h, w = images.shape[-2:]
-    mask = rank < counts[:, None, None]  # (n, gh, gw)
-    mask = mask.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)[:, :h, :w]
-    return torch.where(mask[:, None], torch.as_tensor(fill, dtype=images.dtype, device=images.device),
-                       images)
+    n, (gh, gw) = which.shape[0], rank.shape[1:]
+    cells = rank[which] < counts[:, None, None]  # (n, gh, gw)
+    mask = cells[:, :, None, :, None].expand(n, gh, cell, gw, cell).reshape(n, 1, gh * cell, gw * cell)
+    return images[which].masked_fill_(mask[..., :h, :w], fill)
 
 
 def binary_votes(p_original: Tensor, p_copies: Tensor, theta: float) -> tuple[Tensor, Tensor]:
@@ -184,8 +196,7 @@ def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.
     copy_probs = []
     with torch.no_grad():
         for s in range(0, b * k, chunk):
-            j, c = img_idx[s:s + chunk], counts[s:s + chunk]
-            copies = _masked_copies(images[j], rank[j], c, cell, fill)
+            copies = _masked_copies(images, rank, img_idx[s:s + chunk], counts[s:s + chunk], cell, fill)
             copy_probs.append(model(copies).probs)
     class_probs = torch.cat(copy_probs).view(b, k, num_classes)
 

@@ -105,12 +105,18 @@ class Predictor:
 
     def resolve_speed(self, batch_sizes: Sequence[int] = (1, 16)) -> dict[str, str]:
         """Resolve the execution mode now for inputs of these batch sizes (``auto`` measures here, once
-        per machine, instead of on the first answer); returns ``{shape key: mode name}``."""
+        per machine, instead of on the first answer); returns ``{shape key: mode name}`` (the key of an
+        answer with a stage heatmap ends in `` fp32``: :meth:`classify_images`)."""
+        from chestdx.engine.infer import pass_batch
+        from chestdx.explain.heatmap import stage_kind
+
         c = int(getattr(self.model, "in_chans", 1))
         for b in batch_sizes if self.task.per_slice else (1,):  # a scan model answers one scan at a time
             shape = self.task.example_shape(self.recipe, c, b)
             with self.lock:
-                self.speed.mode_for(shape)
+                self.speed.mode_for((pass_batch(self.procedure, self.params, shape[0]), *shape[1:]))
+                if self.procedure == "plain" and stage_kind(self.model, self.heatmap_kind, len(shape)):
+                    self.speed.mode_for(shape, exact=True)  # answers with their heatmap
         return {k: m.name for k, m in self.speed.modes.items()}
 
     def input_check(self, x: torch.Tensor) -> dict[str, Any]:
@@ -168,7 +174,13 @@ class Predictor:
 
     def classify_images(self, images: torch.Tensor, sources: Sequence[str], heatmap: bool = False) -> list[Prediction]:
         """The classifier's answer to a preprocessed batch ``(B, 1, S, S)``: the recipe's procedure in
-        the execution mode, with the heatmap of the procedure's own forward pass where asked for."""
+        the execution mode, with the heatmap of the procedure's own forward pass where asked for.
+
+        The mode is the one for the batch the procedure runs (CAM voting: its ``B * k`` copies). A
+        ``plain`` answer with a stage map (``layercam8``, the default map of a CNN) comes from one
+        float32 pass with gradients that gives both (:func:`chestdx.explain.heatmap.answer_with_heatmap`:
+        the same probabilities as the plain procedure in that mode); ``auto`` then picks among the
+        float32 modes, since the map needs a float32 pass anyway."""
         from chestdx.engine.infer import InferenceResult, pass_batch
         from chestdx.explain.heatmap import stage_kind
 
@@ -181,8 +193,8 @@ class Predictor:
             if shared:
                 from chestdx.explain.heatmap import answer_with_heatmap
 
-                out, hm, kind = answer_with_heatmap(self.model, x, self.heatmap_kind)
-                res = InferenceResult(out.probs, output=out)
+                output, hm, kind = answer_with_heatmap(self.model, x, self.heatmap_kind)
+                res = InferenceResult(output.probs, output=output)  # the plain procedure's answer
                 maps = hm.float().cpu().numpy()
             else:
                 res = run_procedure(self.procedure, self.params, self.model, x)
