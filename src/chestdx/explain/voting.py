@@ -142,10 +142,11 @@ def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.
         theta: certainty threshold of a supporting vote (paper: 0.2).
         cell: patch side in pixels (paper: 8, a 28 x 28 grid at 224 px).
         chunk: how many copies go through the network at once (bounds memory). Default: 64 on a GPU,
-            32 on a CPU (the 31 copies of one image in one pass; ResNet-50 at 224 px, a busy 2-core
-            CPU in channels-last + bf16: 11.9 s per image at 8, 9.5 at 16, 6.7 at 32; in fp32,
-            where larger batches of 224 px copies had been slower per copy, 18.2 / 19.9 / 15.0).
-            A chunk of 32 224 px copies needs about 0.3 GB of activations for ResNet-50 in fp32.
+            8 on a CPU, where smaller batches of 224 px copies are cheaper per copy (the activations
+            stay in cache): on the 2-core CPU of issue 19 in channels-last + bf16, seconds per image
+            at chunks 8 / 16 / 32: ResNet-50 1.61 / 1.68 / 1.83 of CPU time on one core, 1.69 / 1.79 /
+            2.57 on two cores at load 4; EfficientNet-Lite0 0.40 / 0.46 / 0.58 (0.61 at 4). A chunk
+            of 32 224 px copies needs about 0.3 GB of activations for ResNet-50 in fp32.
         positive: index of the positive class (binary task).
         fill: value of masked pixels (0 = the image mean after z-scoring).
 
@@ -156,7 +157,7 @@ def cam_voting(model: ChestModel, images: Tensor, k: int = 31, theta: float = 0.
         ConfigError: bad ``k``, ``theta``, ``cell``, ``chunk`` or ``positive``.
     """
     if chunk is None:
-        chunk = 64 if images.is_cuda else 32
+        chunk = 64 if images.is_cuda else 8
     if cell < 1 or chunk < 1:
         raise ConfigError(f"cam_voting: cell and chunk must be >= 1, got cell={cell}, chunk={chunk}")
     if not 0.0 <= theta <= 1.0:
