@@ -109,7 +109,9 @@ def test_training_moves_the_metric(tmp_path):
 
     data = synthesize_slices(tmp_path / "data", n_patients_per_class=40, slices_per_patient=1,
                              num_classes=3, sites=1, size=64, seed=1)
-    recipe = load_recipe("demo", ["trainer.epochs=8", "data.batch_size=16"])
+    # 12 epochs: since issue 16 only the lesions tell the classes apart (no longer the dependent
+    # bands), and 8 epochs reached a best val_acc of exactly 0.5 (12: 0.667)
+    recipe = load_recipe("demo", ["trainer.epochs=12", "data.batch_size=16"])
     run = train(recipe, [data], tmp_path / "run", progress=False)
     hist = json.loads((run.path / "history.json").read_text())
     assert hist[-1]["train_loss"] < hist[0]["train_loss"] * 0.9

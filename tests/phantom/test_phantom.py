@@ -89,6 +89,25 @@ def test_anatomy_does_not_depend_on_the_label() -> None:
     assert a.focus_z == b.focus_z
 
 
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_only_the_lesions_depend_on_the_label(seed: int) -> None:
+    """Issue 16: the dependent bands once took what the lesions left of the opacity budget (pneumonia
+    never had atelectasis, COVID-19 never a ground-glass band) and a CNN classified by them. Now the
+    confounders are the same for every label, and a positive without its lesions is the normal."""
+    pts = [P.sample_patient(np.random.default_rng(seed), k) for k in range(3)]
+    assert pts[0].confounders == pts[1].confounders == pts[2].confounders
+    assert pts[0].confounders["atel_mm"] > 0 and pts[0].confounders["band_mm"] > 0
+    assert not pts[0].lesions and pts[1].lesions and pts[2].lesions
+    z = (pts[0].focus_z - 0.01, pts[0].focus_z + 0.01)  # the slices of interest: lesions visible
+    normal, _, _ = pts[0].render((3, 48, 48), z)
+    for ph in pts[1:]:
+        with_lesions, mask, _ = ph.render((3, 48, 48), z)
+        assert mask.any() and not np.array_equal(with_lesions, normal)
+        ph.lesions = []
+        without, _, _ = ph.render((3, 48, 48), z)
+        assert np.array_equal(without, normal)
+
+
 def test_volume_determinism() -> None:
     v1, m1, _ = P.make_chest_volume(np.random.default_rng(5), 2, shape=(8, 48, 48), z_range=(0.4, 0.6))
     v2, m2, _ = P.make_chest_volume(np.random.default_rng(5), 2, shape=(8, 48, 48), z_range=(0.4, 0.6))

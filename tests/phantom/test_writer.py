@@ -1,7 +1,9 @@
 """The one phantom writer skeleton (``chestdx.phantom.writer``): every kind still writes what it wrote.
 
 The digests below were recorded with the four writers as they were before they shared one skeleton
-(``chestdx.data.phantom*``, commit bcc6887), for the tiny sets of ``KINDS``. They hash the decoded
+(``chestdx.data.phantom*``, commit bcc6887), for the tiny sets of ``KINDS``, and recorded again
+when issue 16 made the dependent bands independent of the label (``phantom/anatomy.py``: every
+patient's pixels changed, ids and splits did not). They hash the decoded
 content (PNG pixels and mode, NIfTI voxels, dtype and affine, the manifest bytes) and every file
 name, not the compressed bytes, so a zlib build that packs the same pixels differently does not
 fail them; a change of any id, split, random draw or pixel does.
@@ -25,15 +27,15 @@ from chestdx.phantom.writer import MANIFEST_COLUMNS, PhantomKind, write_phantom_
 KINDS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "slices": (lambda d: synthesize_slices(d, n_patients_per_class=1, slices_per_patient=2, num_classes=3, sites=2,
                                            size=16, seed=3),
-               "9adaba2de46eac05e6da5f03119d279480fd2eb509a5474afea7a59deed26dde"),
+               "4025cbc63a29929380bb657a1c5cb5543988a5d8a895444b1b8781c04a3ca6fb"),
     "cxr": (lambda d: synthesize_cxr(d, n_patients_per_class=1, images_per_patient=2, num_classes=2, size=16, seed=5),
-            "e1478af2fd186f1f5921f16aaeaf2083a55b8d4be0d478a76a236d79a1b6f9f7"),
+            "84efd231eae0f3e5deb316c643d900821a168275c964c736fef6ffa7782d4f8e"),
     "sequences": (lambda d: synthesize_sequences(d, n_patients_per_class=1, slices_per_scan=3, min_slices=2,
                                                  num_classes=3, sites=2, size=16, seed=2),
-                  "94108b7b51b4684899051bdbcf0a4b58acf4d2e6240e9222fb9442cc09532e0f"),
+                  "d866efef9112df306c6ad5915357dd2ce9e06db21a13188652de986242ffd323"),
     "volumes": (lambda d: synthesize_volumes(d, n_patients_per_class=1, num_classes=3, sites=2, shape=(6, 12, 10),
                                              seed=4),
-                "fdb8741d7f7ca9a62a5742cc8d8fcaca9cd97ed9f8ba1d5a100b55978e8d4915"),
+                "8e8c9cfd5f3e3cd5a4478d7ed1617b5a1bd467f262a8fd9cb1d261ba8d22d92f"),
 }
 
 
