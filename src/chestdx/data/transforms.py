@@ -39,6 +39,18 @@ def crop_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.nda
     return image[..., y0:y1, x0:x1]
 
 
+def scale_box(box: tuple[int, int, int, int] | None, from_hw: tuple[int, ...],
+              to_hw: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """A crop box ``(xmin, ymin, xmax, ymax)`` given in the pixels of an image ``from_hw (H, W)``, in the
+    pixels of another rendering of it ``to_hw (h, w)`` (a lesion mask stored at another resolution):
+    x scaled by ``w / W``, y by ``h / H``, rounded. Unchanged when the shapes agree or ``box`` is None."""
+    if box is None or tuple(from_hw) == tuple(to_hw):
+        return box
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    x0, y0, x1, y1 = (int(round(v)) for v in (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+    return (x0, y0, x1, y1)
+
+
 def resize(image: np.ndarray, size: int, resample: int = Image.Resampling.BICUBIC) -> np.ndarray:
     """Resize ``(H, W)`` float32 to ``(size, size)`` (bicubic by default, as the papers)."""
     if image.shape == (size, size):
@@ -114,12 +126,14 @@ class LoadPreprocess(Transform):
         cfg = self.cfg
         img = read_image(path, hu_window=cfg.hu_window)
         box = item.get("box") if cfg.box_crop else None
+        image_hw = img.shape[-2:]
         img = self.prepare(img, path, box)
         out = dict(item)
         out["image"] = torch.from_numpy(img)[None]
         lesion = np.zeros((cfg.image_size, cfg.image_size), np.float32)
         if item.get("mask"):
-            m = crop_box(read_mask(item["mask"]).astype(np.float32), box)
+            m = read_mask(item["mask"]).astype(np.float32)
+            m = crop_box(m, scale_box(box, image_hw, m.shape))  # the image's box, in the mask's pixels
             lesion = (resize(m, cfg.image_size, Image.Resampling.NEAREST) > 0.5).astype(np.float32)
         out["lesion"] = torch.from_numpy(lesion)[None]
         out["has_mask"] = bool(item.get("mask"))
