@@ -237,6 +237,7 @@ def test_modes_per_job(fresh_cache, monkeypatch):
     model = build_model(load_recipe("baseline", SMALL).model, num_classes=2, in_chans=1)
     x, _ = _blobs(1, seed=9)
     plain = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="auto")
+    plain.heatmap_kind = "layercam8"
     plain.predict_tensor(x, ["a"], heatmap=True)
     plain.predict_tensor(x, ["a"], heatmap=False)
     assert {k: m.name for k, m in plain.speed.modes.items()} == {"1x1x64x64 fp32": "channels_last",
@@ -253,12 +254,44 @@ def test_modes_per_job(fresh_cache, monkeypatch):
     voting.predict_tensor(x, ["a"], heatmap=True)
     assert list(voting.speed.modes) == ["Nx1x64x64"]  # the 5 copies' batch, whatever the heatmap
     forced = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="channels_last+bf16")
+    forced.heatmap_kind = "layercam8"
     forced.predict_tensor(x, ["a"], heatmap=True)
     assert forced.speed.modes == {"1x1x64x64": parse_speed("channels_last+bf16")}
     monkeypatch.setenv("CHESTDX_SPEED", "bf16")
     env = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="auto")
+    env.heatmap_kind = "layercam8"
     env.predict_tensor(x, ["a"], heatmap=True)
     assert env.speed.modes == {"1x1x64x64": parse_speed("bf16")}
+
+
+@needs_bf16
+def test_occlusion_maps_in_float32_at_the_copies_batch(trained, fresh_cache, monkeypatch):
+    """An occlusion heatmap (64 forwards of occluded copies) is computed in float32 even in a bf16
+    mode (the answer stays bf16), and ``auto`` resolves a float32 mode for the batch of its copies."""
+    occlusion = pytest.importorskip("chestdx.explain.occlusion")
+    from chestdx.predict.answers import unit_scale
+    from chestdx.predict.predictor import Predictor
+
+    model, _ = trained
+    x, _ = _blobs(2, seed=12)
+    pred = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="channels_last+bf16")
+    pred.heatmap_kind = "occlusion"
+    got = pred.predict_tensor(x, ["a", "b"], heatmap=True)
+    plain = pred.predict_tensor(x, ["a", "b"], heatmap=False)
+    assert [a.probs for a in got] == [b.probs for b in plain]  # the bf16 answer
+    want = occlusion.occlusion_map(model, x)  # float32 (contiguous input: summation order differs slightly)
+    with P.running(model, parse_speed("channels_last+bf16")):
+        in_bf16 = occlusion.occlusion_map(model, P.to_mode_input(x, parse_speed("channels_last+bf16")))
+    for a, w in zip(got, want, strict=True):
+        assert a.details["heatmap_kind"] == "occlusion" and abs(a.heatmap - unit_scale(w.numpy())).max() <= 0.01
+    # what bf16 passes would have drawn (the probability drops are small next to bf16's rounding)
+    assert max(abs(unit_scale(u.numpy()) - unit_scale(w.numpy())).max() for u, w in zip(in_bf16, want, strict=True)) > 0.05
+    fake = {"fp32": 1.0, "channels_last": 0.8, "bf16": 0.6, "channels_last+bf16": 0.4}
+    monkeypatch.setattr(P, "measure_modes", lambda m, s, ph, d, modes, **k: {x.name: fake[x.name] for x in modes})
+    auto = Predictor.from_model(load_recipe("baseline", SMALL), model, speed="auto")
+    auto.heatmap_kind = "occlusion"
+    auto.predict_tensor(x[:1], ["a"], heatmap=True)
+    assert {k: m.name for k, m in auto.speed.modes.items()} == {"Nx1x64x64 fp32": "channels_last"}
 
 
 def test_answer_with_heatmap_is_the_plain_answer(trained):
@@ -272,10 +305,11 @@ def test_answer_with_heatmap_is_the_plain_answer(trained):
     x, _ = _blobs(4, seed=10)
     for speed in ("fp32", "channels_last"):
         pred = Predictor.from_model(load_recipe("baseline", SMALL), model, speed=speed)
+        pred.heatmap_kind = "layercam8"
         with_map = pred.predict_tensor(x, list("abcd"), heatmap=True)
         without = pred.predict_tensor(x, list("abcd"), heatmap=False)
         assert [a.probs for a in with_map] == [b.probs for b in without]
-        want, kind = heatmap(model, x)
+        want, kind = heatmap(model, x, "layercam8")
         assert all(a.details["heatmap_kind"] == kind == "layercam8" for a in with_map)
         for a, w in zip(with_map, want, strict=True):
             assert abs(a.heatmap - unit_scale(w.numpy())).max() <= 1e-5

@@ -80,19 +80,22 @@ def _count_passes(model, monkeypatch):
 def test_answer_with_heatmap_shares_the_float32_pass(monkeypatch):
     """A stage map outside autocast: one backbone pass gives the no-grad answer and heatmap()'s map.
     Under bf16 autocast: the answer of a bf16 pass, the map of a float32 pass (two passes)."""
-    from chestdx.explain.heatmap import answer_with_heatmap, stage_kind
+    from chestdx.explain.cam import FINE_KINDS
+    from chestdx.explain.heatmap import DEFAULT_CNN_KIND, answer_with_heatmap, float32_map, stage_kind
 
     torch.manual_seed(0)
     model = _model("demo")
     x = torch.randn(2, 1, 64, 64)
-    assert stage_kind(model) == "layercam8" and stage_kind(model, "gradcam16") == "gradcam16"
+    assert stage_kind(model) == (DEFAULT_CNN_KIND if DEFAULT_CNN_KIND in FINE_KINDS else None)
+    assert stage_kind(model, "layercam8") == "layercam8" and float32_map(model, "gradcam16") == ("gradcam16", 1)
     assert stage_kind(model, "cam") is None and stage_kind(model, "auto", 5) is None
     assert stage_kind(_model("att2")) is None and stage_kind(_model("magsd")) is None
+    assert float32_map(model, "cam") is None and float32_map(_model("att2")) is None
     with torch.no_grad():
         ref = model(x)
-    want, _ = heatmap(model, x, out=ref)
+    want, _ = heatmap(model, x, "layercam8", out=ref)
     calls = _count_passes(model, monkeypatch)
-    out, maps, kind = answer_with_heatmap(model, x)
+    out, maps, kind = answer_with_heatmap(model, x, "layercam8")
     assert calls == ["forward_stages"] and kind == "layercam8"
     assert torch.equal(out.logits, ref.logits) and torch.equal(out.probs, ref.probs) and torch.equal(maps, want)
     assert all(p.grad is None for p in model.parameters())
@@ -101,7 +104,7 @@ def test_answer_with_heatmap_shares_the_float32_pass(monkeypatch):
         with torch.no_grad():
             ref16 = model(x)
         calls.clear()
-        out16, maps16, _ = answer_with_heatmap(model, x)
+        out16, maps16, _ = answer_with_heatmap(model, x, "layercam8")
     assert calls == ["forward", "forward_stages"]  # the answer in bf16, the map in float32
     assert torch.equal(out16.logits.float(), ref16.logits.float()) and not torch.equal(out16.logits.float(), ref.logits)
     torch.testing.assert_close(maps16, want, rtol=0, atol=1e-6)

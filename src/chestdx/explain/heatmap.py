@@ -21,13 +21,16 @@ Every map is scaled to ``[0, 1]`` per image (an all-zero map stays zero).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 from chestdx.errors import ConfigError
 from chestdx.models import ChestModel, ModelOutput
 
-__all__ = ["DEFAULT_CNN_KIND", "HEATMAP_KINDS", "answer_with_heatmap", "heatmap", "heatmap_grid", "stage_kind"]
+__all__ = ["DEFAULT_CNN_KIND", "HEATMAP_KINDS", "answer_with_heatmap", "float32_map", "heatmap", "heatmap_grid",
+           "stage_kind"]
 
 HEATMAP_KINDS = ("auto", "cam", "gradcam16", "layercam16", "layercam8", "fused16", "attention", "att2")
 #: What ``auto`` draws for a CNN classifier: the kind with the best pointing game on the demo's phantom
@@ -91,6 +94,34 @@ def stage_kind(model: ChestModel, kind: str = "auto", ndim: int = 4) -> str | No
     return None
 
 
+def float32_map(model: ChestModel, kind: str = "auto", ndim: int = 4) -> tuple[str, int] | None:
+    """``(kind drawn, images each input image sends through the network for it)`` where :func:`heatmap`
+    draws a map from passes of its own, else None (``cam`` and the attention kinds read the answer's
+    pass). Such maps are computed in float32 even inside a bf16 / fp16 mode: from bf16 passes they
+    were far from the float32 maps on a trained EfficientNet-Lite0 (docs/results.md, issue 19; stage
+    maps: median per-image max difference 0.38 of the peak, occlusion 0.17), so a caller in a mode
+    turns autocast off around them and ``auto`` picks a float32 mode for an answer with such a map.
+
+    - a stage map (:func:`stage_kind`): one pass with gradients, ``1``;
+    - ``occlusion`` (asked for, or ``auto`` on a backbone + pooled-head CNN when it is the default map):
+      one forward per covered patch, ``grid ** 2`` (64) copies per image;
+    - ``intgrad``: ``steps`` forward + backward passes of the batch itself, ``1``.
+    """
+    from chestdx.models.classifier import ResNetMLP
+
+    fine = stage_kind(model, kind, ndim)
+    if fine is not None:
+        return fine, 1
+    drawn = DEFAULT_CNN_KIND if kind == "auto" and isinstance(model, ResNetMLP) else kind
+    if ndim != 4 or drawn not in ("occlusion", "intgrad"):
+        return None
+    if drawn == "occlusion":
+        import importlib
+
+        return drawn, int(importlib.import_module("chestdx.explain.occlusion").OCCLUSION_GRID) ** 2
+    return drawn, 1
+
+
 def answer_with_heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -> tuple[ModelOutput, Tensor, str]:
     """The model's output on ``images (B, C, H, W)`` and its heatmap, in as few passes as the map allows.
 
@@ -103,7 +134,8 @@ def answer_with_heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -
     bf16 activations is too far from the float32 map (docs/results.md, issue 19), so an answer with a
     stage map is cheapest in a float32 mode, which is what ``auto`` picks for it
     (:meth:`chestdx.engine.precision.InferenceSpeed.mode_for`, ``exact``). Any other kind: the answer's
-    ``no_grad`` pass and the map from its output (:func:`heatmap` with ``out``).
+    ``no_grad`` pass and the map from its output (:func:`heatmap` with ``out``), with autocast off for
+    the maps that take passes of their own (:func:`float32_map`: ``occlusion``).
 
     Returns:
         ``(output, maps, kind used)``: the float32 :class:`~chestdx.models.ModelOutput`, ``(B, H, W)``
@@ -124,7 +156,9 @@ def answer_with_heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -
                 raise
     with torch.no_grad():
         out = model(images)
-    maps, used = heatmap(model, images, kind, out=out)
+    own = fine is not None or float32_map(model, kind, images.ndim) is not None
+    with torch.autocast(images.device.type, enabled=False) if own else contextlib.nullcontext():
+        maps, used = heatmap(model, images, kind, out=out)
     return out, maps, used
 
 

@@ -108,15 +108,16 @@ class Predictor:
         per machine, instead of on the first answer); returns ``{shape key: mode name}`` (the key of an
         answer with a stage heatmap ends in `` fp32``: :meth:`classify_images`)."""
         from chestdx.engine.infer import pass_batch
-        from chestdx.explain.heatmap import stage_kind
+        from chestdx.explain.heatmap import float32_map
 
         c = int(getattr(self.model, "in_chans", 1))
         for b in batch_sizes if self.task.per_slice else (1,):  # a scan model answers one scan at a time
             shape = self.task.example_shape(self.recipe, c, b)
             with self.lock:
                 self.speed.mode_for((pass_batch(self.procedure, self.params, shape[0]), *shape[1:]))
-                if self.procedure == "plain" and stage_kind(self.model, self.heatmap_kind, len(shape)):
-                    self.speed.mode_for(shape, exact=True)  # answers with their heatmap
+                own = float32_map(self.model, self.heatmap_kind, len(shape))
+                if self.procedure == "plain" and own is not None:  # answers with their heatmap
+                    self.speed.mode_for((shape[0] * own[1], *shape[1:]), exact=True)
         return {k: m.name for k, m in self.speed.modes.items()}
 
     def input_check(self, x: torch.Tensor) -> dict[str, Any]:
@@ -176,21 +177,27 @@ class Predictor:
         """The classifier's answer to a preprocessed batch ``(B, 1, S, S)``: the recipe's procedure in
         the execution mode, with the heatmap of the procedure's own forward pass where asked for.
 
-        The mode is the one for the batch the procedure runs (CAM voting: its ``B * k`` copies). A
-        ``plain`` answer with a stage map (``layercam8``, the default map of a CNN) comes from one
-        float32 pass with gradients that gives both (:func:`chestdx.explain.heatmap.answer_with_heatmap`:
-        the same probabilities as the plain procedure in that mode); ``auto`` then picks among the
-        float32 modes, since the map needs a float32 pass anyway."""
+        The mode is the one for the batch the procedure runs (CAM voting: its ``B * k`` copies). Maps
+        that take passes of their own (:func:`chestdx.explain.heatmap.float32_map`: stage maps such as
+        ``layercam8``, ``occlusion``) are computed in float32; for a ``plain`` answer with one, ``auto``
+        picks among the float32 modes (for occlusion, at the batch of its copies), and a stage map
+        comes from the answer's own pass with gradients
+        (:func:`~chestdx.explain.heatmap.answer_with_heatmap`: the same probabilities as the plain
+        procedure in that mode)."""
+        import contextlib
+
         from chestdx.engine.infer import InferenceResult, pass_batch
-        from chestdx.explain.heatmap import stage_kind
+        from chestdx.explain.heatmap import float32_map
 
         images = images.to(self.device)
-        # a plain answer with a stage map (layercam8 ...): one float32 pass with gradients gives both
-        shared = heatmap and self.procedure == "plain" and stage_kind(self.model, self.heatmap_kind, images.ndim)
-        with self.lock, self.speed.run(images, batch=pass_batch(self.procedure, self.params, len(images)),
-                                       exact=bool(shared)) as x:  # the execution mode (engine/precision.py)
+        plain = self.procedure == "plain"
+        own = float32_map(self.model, self.heatmap_kind, images.ndim) if heatmap else None  # a map of its own passes
+        batch = pass_batch(self.procedure, self.params, len(images))
+        if own is not None and plain:  # the map's passes are the work (occlusion: 64 copies per image)
+            batch = max(batch, len(images) * own[1])
+        with self.lock, self.speed.run(images, batch=batch, exact=own is not None and plain) as x:  # engine/precision.py
             maps, kind = None, None
-            if shared:
+            if heatmap and plain:  # a stage map shares the answer's float32 pass
                 from chestdx.explain.heatmap import answer_with_heatmap
 
                 output, hm, kind = answer_with_heatmap(self.model, x, self.heatmap_kind)
@@ -201,7 +208,9 @@ class Predictor:
             if heatmap and maps is None:  # the procedure's own forward pass serves the heatmap too
                 from chestdx.explain.heatmap import heatmap as explain
 
-                hm, kind = explain(self.model, x, self.heatmap_kind, out=res.output)
+                # maps of their own passes in float32 (bf16 distorts them), in the mode's memory format
+                with torch.autocast(x.device.type, enabled=False) if own else contextlib.nullcontext():
+                    hm, kind = explain(self.model, x, self.heatmap_kind, out=res.output)
                 maps = hm.float().cpu().numpy()
         probs = res.probs.float().cpu().numpy()
         out = []
