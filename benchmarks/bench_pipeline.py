@@ -12,10 +12,11 @@ One run prints four markdown tables (every figure of issue 19's item 4):
    against :func:`chestdx.engine.infer.predict_loader` (the evaluate / table / ensemble loop);
 3. CAM voting (k = 31, the ``full`` recipe's procedure) seconds per image against one forward and
    against the forwards it needs (the whole image at batch 1, 31 copies at batch 31);
-4. ``Predictor.predict`` latency per slice with its heatmap (the default ``layercam8`` map; 512 px
-   input, preprocessing included) with ``auto`` (as a user gets it: the mode it picked is named), the
-   fastest inference mode forced and fp32, against a raw forward in the same mode; and the passes of
-   an answer with its map, one shared float32 pass with gradients against the two passes (answer,
+4. ``Predictor.predict`` latency per slice with its heatmap (the default map,
+   :data:`chestdx.explain.heatmap.DEFAULT_CNN_KIND`, and ``layercam8``; 512 px input, preprocessing
+   included) with ``auto`` (as a user gets it: the mode it picked is named), the fastest inference
+   mode forced and fp32, against a raw forward in the same mode; and, for ``layercam8``, the passes
+   of an answer with its map, one shared float32 pass with gradients against the two passes (answer,
    then a map pass of its own) predict ran before.
 
 Every figure is the minimum over ``--iters`` timed calls, and the things compared in one row are
@@ -209,14 +210,15 @@ def _slice_512() -> np.ndarray:
     return (g.normal(0, 300, (512, 512)) - 600).astype(np.float32)
 
 
-def predict_call(model: Any, backbone: str, setting: str, size: int) -> tuple[Any, Any]:
-    """``Predictor.predict`` of one 512 px slice with its heatmap (the default map, ``layercam8``; an
-    array in: preprocessing, the answer, the map, the answer's details), plain procedure, speed
-    ``setting`` (``auto``: as a user gets it, resolved and cached on this machine); returns the call
-    and the predictor (its ``speed.modes`` say what ``auto`` chose)."""
+def predict_call(model: Any, backbone: str, setting: str, size: int, kind: str = "auto") -> tuple[Any, Any]:
+    """``Predictor.predict`` of one 512 px slice with its heatmap of ``kind`` (``auto``: the default
+    map; an array in: preprocessing, the answer, the map, the answer's details), plain procedure,
+    speed ``setting`` (``auto``: as a user gets it, resolved and cached on this machine); returns the
+    call and the predictor (its ``speed.modes`` say what ``auto`` chose)."""
     from chestdx.predict.predictor import Predictor
 
     pred = Predictor.from_model(_recipe(backbone, size, 16), copy.deepcopy(model), speed=setting)
+    pred.heatmap_kind = kind
     img = _slice_512()
     return (lambda: pred.predict(img, heatmap=True)), pred
 
@@ -238,9 +240,9 @@ def answer_and_map(model: Any, mode: Any, size: int, shared: bool) -> Any:
         with running(m, mode):
             xm = to_mode_input(x, mode)
             if shared:
-                answer_with_heatmap(m, xm)
+                answer_with_heatmap(m, xm, "layercam8")
             else:
-                heatmap(m, xm, out=run_procedure("plain", {}, m, xm).output)
+                heatmap(m, xm, "layercam8", out=run_procedure("plain", {}, m, xm).output)
 
     return call
 
@@ -352,23 +354,30 @@ def main(argv: list[str] | None = None) -> None:
 
     if 4 in args.tables:
         _load("table 4")
-        print("\n## 4. Predict latency per slice with its heatmap (layercam8; 512 px in)\n")
-        print("| model | setting (mode used) | predict ms/slice | raw forward ms, b1, same mode | predict / raw forward "
-              "| answer + map passes ms: shared pass | before: two passes | shared / two |\n|---|---|---|---|---|---|---|---|")
+        from chestdx.explain.heatmap import DEFAULT_CNN_KIND
+
+        print(f"\n## 4. Predict latency per slice with its heatmap (512 px in; the default map is {DEFAULT_CNN_KIND})\n")
+        print("| model | heatmap | setting (mode used) | predict ms/slice | raw forward ms, b1, same mode "
+              "| predict / raw forward | layercam8 answer + map passes ms: shared pass | before: two passes "
+              "| shared / two |\n|---|---|---|---|---|---|---|---|---|")
         for key in args.models:
             model, backbone = models[key], MODELS[key]
             settings = dict.fromkeys(["auto", best_mode[key]["infer"].name, "fp32"])
-            calls = {s: predict_call(model, backbone, s, args.size) for s in settings}
-            for call, _ in calls.values():
-                call()  # resolves auto (measured once per machine, cached) before the clock
-            for s, (call, pred) in calls.items():
-                used = next(iter(pred.speed.modes.values()))  # what the setting resolved to
-                t = _interleaved({"predict": call, "b1": raw_forward(model, used, 1, args.size),
-                                  "shared": answer_and_map(model, used, args.size, shared=True),
-                                  "two": answer_and_map(model, used, args.size, shared=False)}, max(args.iters, 3))
-                print(f"| {key} | {s} ({used.name}) | {1000 * t['predict']:.1f} | {1000 * t['b1']:.1f} "
-                      f"| {t['predict'] / t['b1']:.2f} | {1000 * t['shared']:.1f} | {1000 * t['two']:.1f} "
-                      f"| {t['shared'] / t['two']:.2f} |", flush=True)
+            for kind in dict.fromkeys([DEFAULT_CNN_KIND, "layercam8"]):
+                calls = {s: predict_call(model, backbone, s, args.size, kind) for s in settings}
+                for call, _ in calls.values():
+                    call()  # resolves auto (measured once per machine, cached) before the clock
+                for s, (call, pred) in calls.items():
+                    used = next(iter(pred.speed.modes.values()))  # what the setting resolved to
+                    fns = {"predict": call, "b1": raw_forward(model, used, 1, args.size)}
+                    if kind == "layercam8":
+                        fns.update(shared=answer_and_map(model, used, args.size, shared=True),
+                                   two=answer_and_map(model, used, args.size, shared=False))
+                    t = _interleaved(fns, max(args.iters, 3))
+                    passes = (f"{1000 * t['shared']:.1f} | {1000 * t['two']:.1f} | {t['shared'] / t['two']:.2f}"
+                              if "shared" in t else "- | - | -")
+                    print(f"| {key} | {kind} | {s} ({used.name}) | {1000 * t['predict']:.1f} | {1000 * t['b1']:.1f} "
+                          f"| {t['predict'] / t['b1']:.2f} | {passes} |", flush=True)
 
     end = os.getloadavg()
     print(f"\nwall {time.perf_counter() - t_start:.0f} s; load average at end {end[0]:.2f} / {end[1]:.2f} / "
