@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (training still logs one line per epoch)")
     s.add_argument("--heatmap", metavar="KINDS", help="also score these heatmap kinds against the lesion masks, "
-                   "comma-separated (cam, gradcam16, layercam16, layercam8, fused16, attention, att2; the run's "
+                   "comma-separated (cam, gradcam16, layercam16, layercam8, fused16, occlusion, intgrad, attention, att2; the run's "
                    "default map is always scored): pointing game, energy, IoU / Dice, next to a centre prior "
                    "and the whole body")
     _add_speed(s)

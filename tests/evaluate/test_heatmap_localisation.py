@@ -26,8 +26,8 @@ def test_evaluate_scores_heatmaps(tiny_run, tmp_path):
     res = evaluate_run(tiny_run, out=tmp_path / "ev", n_boot=50, heatmaps="cam,gradcam16")
     loc = res["heatmap_localisation"]
     assert loc["n_images"] > 0 and loc["n_patients"] > 0
-    assert loc["default_kind"] == "layercam8"
-    assert set(loc["maps"]) == {"layercam8", "cam", "gradcam16"}
+    assert loc["default_kind"] == "intgrad"
+    assert set(loc["maps"]) == {"intgrad", "cam", "gradcam16"}
     assert set(loc["references"]) == {"centre_prior", "body"}
     for figs in [*loc["maps"].values(), *loc["references"].values()]:
         for score in ("pointing", "energy", "iou", "dice"):

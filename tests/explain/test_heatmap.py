@@ -16,7 +16,7 @@ def _model(recipe: str):
     return build_model(r.model, num_classes=r.data.num_classes).eval()
 
 
-@pytest.mark.parametrize(("recipe", "kind"), [("demo", "layercam8"), ("att2", "att2"), ("magsd", "attention")])
+@pytest.mark.parametrize(("recipe", "kind"), [("demo", "intgrad"), ("att2", "att2"), ("magsd", "attention")])
 def test_auto_picks_the_papers_map(recipe, kind):
     torch.manual_seed(0)
     x = torch.randn(2, 1, 32, 32)
