@@ -3,7 +3,8 @@
 1. make a two-site, three-class phantom (normal / pneumonia / covid CT slices);
 2. train the ``demo`` recipe (the baseline shrunk: ResNet-18, 64 px, from scratch);
 3. evaluate on the held-out patients, per site, with 95% bootstrap intervals;
-4. draw heatmaps (LayerCAM at stride 8, the measured best; docs/explain.md) over test images;
+4. draw heatmaps (integrated gradients per cell of an 8 x 8 chequer, the measured best; docs/explain.md)
+   over test images;
 5. export the model bundle (``demo_out/model``) and answer one test image with it
    (``demo_out/study_report.html``, what ``chestdx report`` writes);
 6. write one self-contained HTML report.
@@ -80,9 +81,9 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, progress: bool =
         f"({recipe.description}), {recipe.trainer.epochs} epochs. Test images: "
         f"{result['n_images']}. Accuracy {100 * overall['accuracy']['value']:.1f}%, macro F1 "
         f"{100 * overall['macro_f1']['value']:.1f}%. Training {t_train:.0f} s, whole demo {wall:.0f} s "
-        f"on this machine. Heatmaps are LayerCAM at stride 8 (8 x 8 at 64 px) of the predicted class, the "
-        f"kind that points at the lesion most often (docs/explain.md); their scores against the lesion masks "
-        f"are in the metrics below. "
+        f"on this machine. Heatmaps are integrated gradients of the predicted class summed per cell of an 8 x 8 "
+        f"chequer (8 px cells at 64 px), the kind that points at the lesion most often for the cost "
+        f"(docs/explain.md); their scores against the lesion masks are in the metrics below. "
         f"The trained model is exported as a bundle in `{bundle}` (serve it with `chestdx serve {bundle}`); "
         f"`{study.name}` is its one-page report on a test image."
     )
