@@ -16,7 +16,7 @@ Sources:
 - any other data source chestdx reads (a phantom ``manifest.csv``): its ``--split`` images.
 
 Run: ``python benchmarks/measure_localisation.py RUN --data SRC [SRC ...] [--heatmap cam,gradcam16]
-[--max-images N] [--out results.json]``.
+[--max-images N] [--target predicted|true] [--out results.json]``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def load_scored_samples(src: str, recipe: Any, split: str) -> list[Any]:
 
 
 def measure(run_dir: str, sources: list[str], kinds: list[str], split: str = "test", max_images: int = 0,
-            n_boot: int = 1000) -> dict[str, Any]:
+            n_boot: int = 1000, target: str = "predicted") -> dict[str, Any]:
     """``{source: score_heatmaps(...) without per_image, + accuracy on the scored images}``."""
     import numpy as np
     import torch
@@ -68,7 +68,7 @@ def measure(run_dir: str, sources: list[str], kinds: list[str], split: str = "te
         loader = DataLoader(ds, batch_size=8, shuffle=False)
         t0 = time.perf_counter()
         res = score_heatmaps(model, loader, samples, ["auto", *[k for k in kinds if k != "auto"]], n_boot=n_boot,
-                             seed=recipe.seed)
+                             seed=recipe.seed, target=target)
         # the answer on the same images (all lesion images: the class their label names)
         correct, n = 0, 0
         with torch.no_grad():
@@ -95,11 +95,13 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="split of a non-segmentation source")
     ap.add_argument("--max-images", type=int, default=0, help="score at most this many images per source (0: all)")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--target", default="predicted", choices=["predicted", "true"],
+                    help="whose map is scored: the predicted class's (default) or the labelled class's")
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     from chestdx.evaluate.localisation import parse_heatmap_kinds
 
-    res = measure(a.run, a.data, parse_heatmap_kinds(a.heatmap), a.split, a.max_images, a.n_boot)
+    res = measure(a.run, a.data, parse_heatmap_kinds(a.heatmap), a.split, a.max_images, a.n_boot, a.target)
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -166,3 +166,36 @@ def test_score_heatmaps_structure() -> None:
     assert parse_heatmap_kinds("cam, gradcam16,cam") == ["cam", "gradcam16"]
     with pytest.raises(ConfigError, match="unknown heatmap"):
         parse_heatmap_kinds("cam,gradcamm")
+
+
+def test_score_heatmaps_scores_the_predicted_or_the_true_class() -> None:
+    """A model whose class-1 evidence is the top-left 8 x 8 block and class-2 evidence the bottom-right
+    one (twice as strong): on an image lit in both blocks it answers class 2. The lesion is the top-left
+    block, labelled class 1. The predicted class's occlusion map peaks bottom-right (a miss); the true
+    class's map peaks on the lesion (a hit)."""
+    from torch import nn
+
+    from chestdx.evaluate.localisation import localisation_markdown, score_heatmaps
+    from chestdx.models.base import ModelOutput
+
+    class TwoRegions(nn.Module):
+        def forward(self, x: torch.Tensor) -> ModelOutput:
+            a, b = x[:, 0, :8, :8].mean(dim=(1, 2)), x[:, 0, 24:, 24:].mean(dim=(1, 2))
+            return ModelOutput(logits=torch.stack([torch.zeros_like(a), 4.0 * a, 8.0 * b], dim=1))
+
+    image = torch.zeros(1, 1, 32, 32)
+    image[..., :8, :8] = image[..., 24:, 24:] = 1.0
+    lesion = torch.zeros(1, 1, 32, 32)
+    lesion[..., :8, :8] = 1.0
+    batch = {"image": image, "lesion": lesion, "has_mask": torch.ones(1, dtype=torch.bool),
+             "index": torch.arange(1), "label": torch.tensor([1])}
+    samples = [SimpleNamespace(site="s", patient_id="p", path="img.png")]
+    pred = score_heatmaps(TwoRegions(), [batch], samples, ["occlusion", "intgrad"], n_boot=0)
+    true = score_heatmaps(TwoRegions(), [batch], samples, ["occlusion", "intgrad"], n_boot=0, target="true")
+    for kind in ("occlusion", "intgrad"):
+        assert pred["maps"][kind]["pointing"]["value"] == 0.0 and pred["maps"][kind]["energy"]["value"] == 0.0
+        assert true["maps"][kind]["pointing"]["value"] == 1.0 and true["maps"][kind]["energy"]["value"] == 1.0
+    assert pred["rules"]["class"] == "predicted" and true["rules"]["class"] == "true"
+    assert "maps of the true class" in localisation_markdown(true, "t")
+    with pytest.raises(ConfigError, match="unknown heatmap target"):
+        score_heatmaps(TwoRegions(), [batch], samples, ["occlusion"], target="label")

@@ -32,7 +32,7 @@ from chestdx.explain.scores import (
 #: Names of the reference maps in the output.
 REFERENCES = ("centre_prior", "body")
 
-__all__ = ["REFERENCES", "localisation_markdown", "parse_heatmap_kinds", "score_heatmaps"]
+__all__ = ["REFERENCES", "TARGETS", "localisation_markdown", "parse_heatmap_kinds", "score_heatmaps"]
 
 
 def parse_heatmap_kinds(text: str | Sequence[str] | None) -> list[str]:
@@ -53,8 +53,12 @@ def parse_heatmap_kinds(text: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
+#: Which class's map :func:`score_heatmaps` scores.
+TARGETS = ("predicted", "true")
+
+
 def score_heatmaps(model: Any, loader: Any, samples: Sequence[Any], kinds: Sequence[str] = ("auto",), *,
-                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                   n_boot: int = 1000, seed: int = 0, target: str = "predicted") -> dict[str, Any]:
     """Score heatmap kinds and the reference maps against lesion masks.
 
     Args:
@@ -64,12 +68,21 @@ def score_heatmaps(model: Any, loader: Any, samples: Sequence[Any], kinds: Seque
         samples: the records (``site``, ``patient_id``) the indices point at: patients are ``site/patient``.
         kinds: heatmap kinds; ``auto`` is reported under the kind it resolves to (the run's default map).
             A kind the model cannot give is listed under ``"unavailable"`` with the reason.
+        target: ``"predicted"`` (default: the map a user is shown, of the model's answer) or ``"true"``
+            (the map of the image's labelled class, batch ``label (B,)``: Zhang et al.'s pointing game,
+            which scores the ground-truth category; it tells a map that misses the lesion from a model
+            whose answer was another class).
 
     Returns:
         ``{"rules", "n_images", "n_patients", "default_kind", "maps": {kind: {score: {value, ci_low,
         ci_high}}}, "references": {name: ...}, "unavailable": {kind: reason}, "per_image": [...]}``;
         ``n_images`` 0 when no image has a lesion.
+
+    Raises:
+        ConfigError: an unknown ``target``.
     """
+    if target not in TARGETS:
+        raise ConfigError(f"unknown heatmap target {target!r}; choose one of {TARGETS}")
     from chestdx.engine.device import model_device
     from chestdx.explain.heatmap import heatmap
 
@@ -90,11 +103,12 @@ def score_heatmaps(model: Any, loader: Any, samples: Sequence[Any], kinds: Seque
         with torch.no_grad():
             out = model(images)
         maps: dict[str, np.ndarray] = {}
+        cls = batch["label"][keep].to(images.device).long() if target == "true" else None
         for kind in kinds:
             if kind in unavailable:
                 continue
             try:
-                hm, used = heatmap(model, images, kind, out=out)
+                hm, used = heatmap(model, images, kind, out=out, target=cls)
             except ConfigError as e:
                 unavailable[kind] = str(e)
                 continue
@@ -123,6 +137,7 @@ def score_heatmaps(model: Any, loader: Any, samples: Sequence[Any], kinds: Seque
         "centre_prior": f"centred Gaussian, sigma {PRIOR_SIGMA:g} of each side",
         "body": f"pixels above {BODY_THRESHOLD:g} of the image's range, holes filled (uniform map)",
         "interval": "patient-level cluster bootstrap, 95%",
+        "class": target,  # whose map: the predicted or the true (labelled) class
         "image_size": list(shape) if shape else None,
     }
     summary = {name: summarise_scores(r, groups, n_boot=n_boot, seed=seed) for name, r in rows.items()}
@@ -137,7 +152,8 @@ def score_heatmaps(model: Any, loader: Any, samples: Sequence[Any], kinds: Seque
 def localisation_markdown(loc: dict[str, Any], title: str) -> str:
     """The table of :func:`score_heatmaps`: one row per map kind and reference, value [95% CI] per score."""
     head = (f"### {title}: heatmap localisation\n\n{loc['n_images']} images with a lesion, {loc['n_patients']} "
-            f"patients; default map: {loc.get('default_kind') or '-'}. Pointing: {loc['rules']['pointing']}; "
+            f"patients; default map: {loc.get('default_kind') or '-'}; maps of the "
+            f"{loc['rules'].get('class', 'predicted')} class. Pointing: {loc['rules']['pointing']}; "
             f"IoU / Dice: {loc['rules']['iou_dice']}; intervals: {loc['rules']['interval']}.\n\n"
             "| map | pointing game | energy inside | IoU | Dice |\n|---|---|---|---|---|\n")
     lines = []

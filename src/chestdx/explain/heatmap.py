@@ -49,10 +49,13 @@ def _unit(maps: Tensor) -> Tensor:
     return (maps / peak.view(-1, *[1] * (maps.ndim - 1))).clamp(0, 1)  # (B, H, W) or (B, D, H, W)
 
 
-def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOutput | None = None) -> tuple[Tensor, str]:
+def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOutput | None = None,
+            target: Tensor | None = None) -> tuple[Tensor, str]:
     """Heatmaps of ``images (B, C, H, W)`` -> ``((B, H, W)`` in ``[0, 1]``, the kind used).
 
     ``out``: the model's output on ``images`` when the caller has it (no second backbone pass).
+    ``target``: ``(B,)`` the class each map is drawn for; None: the predicted class. The attention
+    kinds (``att2``, ``attention``) are the model's own class-agnostic maps and ignore it.
 
     Raises:
         ConfigError: an unknown ``kind``, or a kind the model cannot give.
@@ -62,13 +65,13 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
 
     if kind not in HEATMAP_KINDS:
         raise ConfigError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}")
+    if target is None and out is not None:
+        target = out.logits.detach().argmax(dim=1)
     if kind in FINE_KINDS:
-        target = None if out is None else out.logits.detach().argmax(dim=1)
         return _unit(fine_cam(model, images, kind, target).detach()), kind
     if kind in ("occlusion", "intgrad"):  # any model: they need only the logits
         from chestdx.explain.occlusion import intgrad_map, occlusion_map
 
-        target = None if out is None else out.logits.detach().argmax(dim=1)
         make = occlusion_map if kind == "occlusion" else intgrad_map
         return _unit(make(model, images, target)), kind
     if kind != "cam" and out is None:
@@ -87,10 +90,10 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
 
     if kind == "auto" and DEFAULT_CNN_KIND != "cam" and images.ndim == 4 and isinstance(model, ResNetMLP):
         try:  # a backbone + pooled-head CNN (the kind float32_map plans for); other architectures: CAM
-            return heatmap(model, images, DEFAULT_CNN_KIND, out=out)
+            return heatmap(model, images, DEFAULT_CNN_KIND, out=out, target=target)
         except ConfigError:  # no stage features (a stage kind on an odd backbone): the last-stage CAM
             pass
-    return _unit(cam(model, images, out=out).detach()), "cam"
+    return _unit(cam(model, images, target, out=out).detach()), "cam"
 
 
 def stage_kind(model: ChestModel, kind: str = "auto", ndim: int = 4) -> str | None:
