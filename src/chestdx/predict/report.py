@@ -59,7 +59,8 @@ def _kind_name(answer: Any) -> str:
     kind = answer.details.get("heatmap_kind", "cam")
     return {"cam": "CAM", "att2": "ATT2 attention", "attention": "MAG-SD attention", "layercam8": "LayerCAM, stride 8",
             "layercam16": "LayerCAM, stride 16", "gradcam16": "Grad-CAM, stride 16",
-            "fused16": "CAM x Grad-CAM, stride 16"}.get(kind, kind)
+            "fused16": "CAM x Grad-CAM, stride 16", "occlusion": "occlusion (probability drop per covered cell)",
+            "intgrad": "integrated gradients per cell"}.get(kind, kind)
 
 
 def _grid_note(answer: Any) -> str:
