@@ -111,3 +111,23 @@ def test_intgrad_of_a_linear_logit_is_exact_per_cell():
     torch.testing.assert_close(intgrad_map(RegionModel(), -x + 1.0, target=1), torch.zeros(1, 16, 16))
     with pytest.raises(ValueError, match="steps"):
         intgrad_map(RegionModel(), x, steps=0)
+
+
+def test_intgrad_points_batched_like_one_at_a_time():
+    """intgrad's Riemann points go through the network together (8 images per pass on a CPU): the
+    same map as one point per pass, and with a given target no extra pass for the answer."""
+    from chestdx.explain.occlusion import intgrad_map
+    from chestdx.models import ResNetMLP
+
+    torch.manual_seed(0)
+    model = ResNetMLP(2, "resnet18", head_hidden=8).eval()
+    x = torch.randn(2, 1, 32, 32)
+    one_at_a_time = intgrad_map(model, x, steps=6, batch=2)  # 2 images: one point per pass
+    batches = []
+    hook = model.register_forward_hook(lambda _m, inp, _o: batches.append(inp[0].shape[0]))
+    got = intgrad_map(model, x, target=torch.tensor([0, 1]), steps=6)
+    hook.remove()
+    assert batches == [8, 4]  # 6 points x 2 images in passes of at most 8 images; no answer pass
+    want = intgrad_map(model, x, target=torch.tensor([0, 1]), steps=6, batch=2)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert one_at_a_time.shape == (2, 32, 32) and (one_at_a_time >= 0).all()
