@@ -121,7 +121,7 @@ def float32_map(model: ChestModel, kind: str = "auto", ndim: int = 4) -> tuple[s
     - a stage map (:func:`stage_kind`): one pass with gradients, ``1``;
     - ``occlusion`` (asked for, or ``auto`` on a backbone + pooled-head CNN when it is the default map):
       one forward per covered patch, ``grid ** 2`` (64) copies per image;
-    - ``intgrad``: ``steps`` forward + backward passes of the batch itself, ``1``.
+    - ``intgrad``: forward + backward passes of its ``steps`` (8) points per image, batched together.
     """
     from chestdx.models.classifier import ResNetMLP
 
@@ -131,11 +131,9 @@ def float32_map(model: ChestModel, kind: str = "auto", ndim: int = 4) -> tuple[s
     drawn = DEFAULT_CNN_KIND if kind == "auto" and isinstance(model, ResNetMLP) else kind
     if ndim != 4 or drawn not in ("occlusion", "intgrad"):
         return None
-    if drawn == "occlusion":
-        import importlib
+    from chestdx.explain.occlusion import IG_STEPS, OCCLUSION_GRID
 
-        return drawn, int(importlib.import_module("chestdx.explain.occlusion").OCCLUSION_GRID) ** 2
-    return drawn, 1
+    return drawn, int(OCCLUSION_GRID) ** 2 if drawn == "occlusion" else int(IG_STEPS)
 
 
 def answer_with_heatmap(model: ChestModel, images: Tensor, kind: str = "auto") -> tuple[ModelOutput, Tensor, str]:
