@@ -90,8 +90,8 @@ def test_the_demo_map_points_at_the_lesion_more_than_the_centre_prior(learnt_run
     assert beats(got), (got, prior, body)
     real = H.heatmap
 
-    def shifted(model, images, kind="auto", out=None):
-        maps, used = real(model, images, kind, out=out)
+    def shifted(model, images, kind="auto", out=None, target=None):
+        maps, used = real(model, images, kind, out=out, target=target)
         if kind != "auto":  # heatmap's own call for the default kind: moved once, by the outer call
             return maps, used
         return torch.roll(maps, shifts=(images.shape[-2] // 2, images.shape[-1] // 2), dims=(-2, -1)), used

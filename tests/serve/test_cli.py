@@ -45,7 +45,9 @@ def test_export_predict_report(tiny_run, series_dir, phantom_png, tmp_path, caps
     assert "http://" not in html and "https://" not in html  # self-contained
     page2 = tmp_path / "one.html"
     assert main(["report", str(tiny_run), str(phantom_png), "--out", str(page2)]) == 0
-    assert "heatmap (LayerCAM, stride 8) overlay (4 x 4 grid, upsampled)" in page2.read_text()
+    html2 = page2.read_text()
+    assert "heatmap (integrated gradients per cell) overlay (8 x 8 grid, upsampled)" in html2  # the default map
+    assert "A run folder, not an exported bundle" in html2 and "chestdx None" not in html2
     capsys.readouterr()
     assert main(["report", str(model), str(bad), "--out", str(tmp_path / "x.html")]) == 2
     assert "bad.png" in capsys.readouterr().err and not (tmp_path / "x.html").exists()

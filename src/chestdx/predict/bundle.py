@@ -413,6 +413,12 @@ def model_card(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _installed_version() -> str:
+    from chestdx.version import __version__
+
+    return __version__
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card as markdown."""
     pre = card.get("preprocessing") or {}
@@ -450,7 +456,8 @@ def card_markdown(card: dict[str, Any]) -> str:
                      f"{h.get('energy')} (prior {cp.get('energy', '-')}), IoU {h.get('iou')} (prior "
                      f"{cp.get('iou', '-')}); patient-level 95% intervals (docs/explain.md).")
     lines += ["", "## Intended use", card["intended_use"], "",
-              f"chestdx {card['chestdx_version']}, exported {card['exported']}.", ""]
+              (f"chestdx {card['chestdx_version']}, exported {card['exported']}." if card.get("exported")
+               else f"A run folder, not an exported bundle (read by chestdx {_installed_version()})."), ""]
     return "\n".join(lines)
 
 
