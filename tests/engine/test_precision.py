@@ -581,3 +581,49 @@ def test_one_channel_inputs_run_channels_last():
     task = ChestTask(load_recipe("baseline", SMALL), [1, 1], in_chans=1)
     task.exec_mode = mode
     assert task.on_after_batch_transfer({"image": x, "label": torch.tensor([0, 1])}, 0)["image"].stride(1) == 1
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_batchnorm_folded_outside_fp32(backbone, monkeypatch):
+    """Outside fp32 inference runs on a copy with every batch norm folded into its convolution
+    (ResNet's conv / bn pairs and downsample, timm's BatchNormAct2d keeping its activation): the same
+    logits, features and input gradients up to rounding, no norm left; fp32 and a training model run
+    as they are; the copy is made once per weights and remade when they change; predict_loader and
+    the predictor answer through it."""
+    from chestdx.engine.infer import predict_loader
+    from chestdx.models import build_model
+
+    monkeypatch.delenv("CHESTDX_FOLD_BN", raising=False)
+    rec = load_recipe("baseline", {**SMALL, "model": {**SMALL["model"], "backbone": backbone}})
+    torch.manual_seed(0)
+    model = build_model(rec.model, num_classes=2, in_chans=1)
+    model.train()
+    x = torch.randn(6, 1, 64, 64)
+    for _ in range(3):  # running statistics away from 0 / 1
+        model(x * 3 + 1)
+    model.eval()
+    mode = parse_speed("channels_last")
+    assert P.inference_model(model, P.FP32, x) is model
+    fast = P.inference_model(model, mode, x)
+    assert fast is not model and P.inference_model(model, mode, x) is fast  # cached
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the model is untouched
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a, b = model(xa), fast(xb)
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.features, a.features, rtol=1e-4, atol=1e-4)
+    ga, = torch.autograd.grad(a.logits[:, 1].sum(), xa)
+    gb, = torch.autograd.grad(b.logits[:, 1].sum(), xb)
+    torch.testing.assert_close(gb, ga, rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        next(model.parameters()).mul_(2)
+    again = P.inference_model(model, mode, x)
+    assert again is not fast  # new weights, new copy
+    torch.testing.assert_close(again(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
+    items = [{"image": x[i], "label": torch.tensor(i % 2), "site": torch.tensor(0), "index": torch.tensor(i)}
+             for i in range(len(x))]
+    with torch.no_grad():
+        want = model(x).probs.numpy()
+    got = predict_loader(model, DataLoader(items, batch_size=3), speed="channels_last")["probs"]
+    assert abs(got - want).max() < 1e-4
+    assert P.inference_model(model.train(), mode, x) is model

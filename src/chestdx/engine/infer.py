@@ -217,7 +217,9 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
             :mod:`chestdx.engine.precision`), an :class:`~chestdx.engine.precision.ExecMode` or an
             :class:`~chestdx.engine.precision.InferenceSpeed` (its ``modes`` then say what was
             chosen); None: ``fp32``. ``auto`` is resolved once, for the first batch's shape; a
-            channels-last mode leaves the model channels-last.
+            channels-last mode leaves the model channels-last. Outside ``fp32`` the batches run on
+            a copy with the batch norms folded into the convolutions
+            (:func:`~chestdx.engine.precision.inference_model`).
 
     Returns:
         ``probs (N, K)``, ``label (N,)``, ``site (N,)``, ``index (N,)`` and any per-image details,
@@ -227,7 +229,7 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
         ConfigError: a device this machine does not have.
     """
     from chestdx.engine.device import model_device, resolve_device
-    from chestdx.engine.precision import InferenceSpeed, running, to_mode_input
+    from chestdx.engine.precision import InferenceSpeed, inference_model, running, to_mode_input
 
     if device is not None:
         model.to(resolve_device(device, flag="device"))
@@ -240,13 +242,16 @@ def predict_loader(model: ChestModel, loader: DataLoader, procedure: str = "plai
 
         it = tqdm(loader, desc=f"predict ({procedure})", unit="batch")
     control = speed if isinstance(speed, InferenceSpeed) else InferenceSpeed(model, speed, on)
-    mode = None
+    mode, fast = None, model
     for batch in it:
+        x = batch["image"].to(on)
         if mode is None:
-            shape = batch["image"].shape
+            shape = x.shape
             mode = control.mode_for((pass_batch(procedure, params or {}, shape[0]), *shape[1:]))
-        with running(model, mode, control.device):
-            res = run_procedure(procedure, params or {}, model, to_mode_input(batch["image"].to(on), mode))
+            with running(model, mode, control.device):  # outside fp32: batch norms folded (issue 19)
+                fast = inference_model(model, mode, to_mode_input(x, mode))
+        with running(fast, mode, control.device):
+            res = run_procedure(procedure, params or {}, fast, to_mode_input(x, mode))
         cols.setdefault("probs", []).append(res.probs.float().cpu().numpy())
         for key in ("label", "site", "index"):
             cols.setdefault(key, []).append(batch[key].cpu().numpy())

@@ -195,22 +195,23 @@ class Predictor:
         batch = pass_batch(self.procedure, self.params, len(images))
         if own is not None and plain:  # the map's passes are the work (occlusion: 64 copies per image)
             batch = max(batch, len(images) * own[1])
-        with self.lock, self.speed.run(images, batch=batch, exact=own is not None and plain) as x:  # engine/precision.py
+        # engine/precision.py; outside fp32 ``model`` is a copy with the batch norms folded (issue 19)
+        with self.lock, self.speed.session(images, batch=batch, exact=own is not None and plain) as (model, x):
             maps, kind = None, None
             if heatmap and plain:  # a stage map shares the answer's float32 pass
                 from chestdx.explain.heatmap import answer_with_heatmap
 
-                output, hm, kind = answer_with_heatmap(self.model, x, self.heatmap_kind)
+                output, hm, kind = answer_with_heatmap(model, x, self.heatmap_kind)
                 res = InferenceResult(output.probs, output=output)  # the plain procedure's answer
                 maps = hm.float().cpu().numpy()
             else:
-                res = run_procedure(self.procedure, self.params, self.model, x)
+                res = run_procedure(self.procedure, self.params, model, x)
             if heatmap and maps is None:  # the procedure's own forward pass serves the heatmap too
                 from chestdx.explain.heatmap import heatmap as explain
 
                 # maps of their own passes in float32 (bf16 distorts them), in the mode's memory format
                 with torch.autocast(x.device.type, enabled=False) if own else contextlib.nullcontext():
-                    hm, kind = explain(self.model, x, self.heatmap_kind, out=res.output)
+                    hm, kind = explain(model, x, self.heatmap_kind, out=res.output)
                 maps = hm.float().cpu().numpy()
         probs = res.probs.float().cpu().numpy()
         out = []
