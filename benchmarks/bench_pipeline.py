@@ -11,11 +11,14 @@ One run prints four markdown tables (every figure of issue 19's item 4):
    in-memory phantom-like images, mode applied as ``chestdx train`` applies it), and a raw forward
    against :func:`chestdx.engine.infer.predict_loader` (the evaluate / table / ensemble loop);
 3. CAM voting (k = 31, the ``full`` recipe's procedure) seconds per image against one forward and
-   against the forwards it needs (the whole image at batch 1, 31 copies at batch 31);
+   against the forwards it needs (the whole image at batch 1, 31 copies at batch 31), and, outside
+   fp32, against the same vote with the batch norms left unfolded (before
+   :func:`chestdx.engine.precision.inference_model`);
 4. ``Predictor.predict`` latency per slice with its heatmap (the default map,
    :data:`chestdx.explain.heatmap.DEFAULT_CNN_KIND`, and ``layercam8``; 512 px input, preprocessing
    included) with ``auto`` (as a user gets it: the mode it picked is named), the fastest inference
-   mode forced and fp32, against a raw forward in the same mode; and, for ``layercam8``, the passes
+   mode forced and fp32, against a raw forward in the same mode and (outside fp32) the same predict
+   with batch-norm folding off (``$CHESTDX_FOLD_BN=0``); and, for ``layercam8``, the passes
    of an answer with its map, one shared float32 pass with gradients against the two passes (answer,
    then a map pass of its own) predict ran before.
 
@@ -188,21 +191,38 @@ def loop_infer(model: Any, mode: Any, batch: int, size: int) -> Any:
     return lambda: predict_loader(m, loader, speed=mode)
 
 
-def voting(model: Any, mode: Any, size: int, n_images: int) -> Any:
+def voting(model: Any, mode: Any, size: int, n_images: int, fold: bool = True) -> Any:
     """CAM voting (k = 31, theta 0.2, 8 px cells: the ``full`` recipe) as the ``cam_voting``
-    procedure runs it, on one batch of ``n_images``; call it to run once."""
+    procedure runs it in :func:`predict_loader` (``fold``: on the copy with batch norms folded that
+    it uses outside fp32, :func:`chestdx.engine.precision.inference_model`; else on the model as it
+    is, the path before that change), on one batch of ``n_images``; call it to run once."""
     from chestdx.engine.infer import run_procedure
-    from chestdx.engine.precision import running, to_mode_input
+    from chestdx.engine.precision import inference_model, running, to_mode_input
 
     m = copy.deepcopy(model).eval()
     x = _images(n_images, size, seed=3)[0]
     params = {"k": 31, "theta": 0.2, "cell": 8}
+    if fold:
+        with running(m, mode):
+            m = inference_model(m, mode, to_mode_input(x, mode))
 
     def vote() -> None:
         with running(m, mode):
             run_procedure("cam_voting", params, m, to_mode_input(x, mode))
 
     return vote
+
+
+def unfolded(call: Any) -> Any:
+    """``call`` with batch-norm folding off (``$CHESTDX_FOLD_BN=0``: the predictor before that change)."""
+    def run() -> None:
+        os.environ["CHESTDX_FOLD_BN"] = "0"
+        try:
+            call()
+        finally:
+            os.environ.pop("CHESTDX_FOLD_BN", None)
+
+    return run
 
 
 def _slice_512() -> np.ndarray:
@@ -341,16 +361,22 @@ def main(argv: list[str] | None = None) -> None:
         _load("table 3")
         print("\n## 3. CAM voting (k = 31) against one forward\n")
         print("| model | mode | forward ms, b1 | forward ms/img, b31 | CAM voting s/img | voting / one b1 forward "
-              "| voting / (b1 + 31 x b31 forwards) |\n|---|---|---|---|---|---|---|")
+              "| voting / (b1 + 31 x b31 forwards) | voting, norms unfolded, s/img | unfolded / folded |"
+              "\n|---|---|---|---|---|---|---|---|---|")
         for key in args.models:
             model = models[key]
             for mode in dict.fromkeys([best_mode[key]["infer"], FP32]):
-                t = _interleaved({"vote": voting(model, mode, args.size, args.vote_images),
-                                  "b1": raw_forward(model, mode, 1, args.size),
-                                  "b31": raw_forward(model, mode, 31, args.size)}, args.iters)
+                fns = {"vote": voting(model, mode, args.size, args.vote_images),
+                       "b1": raw_forward(model, mode, 1, args.size),
+                       "b31": raw_forward(model, mode, 31, args.size)}
+                if mode != FP32:  # fp32 runs unfolded (exactly as before modes existed)
+                    fns["unfolded"] = voting(model, mode, args.size, args.vote_images, fold=False)
+                t = _interleaved(fns, args.iters)
                 vote, b31 = t["vote"] / args.vote_images, t["b31"] / 31
+                unf = (f"{t['unfolded'] / args.vote_images:.2f} | {t['unfolded'] / t['vote']:.2f}"
+                       if "unfolded" in t else "- | -")
                 print(f"| {key} | {mode.name} | {1000 * t['b1']:.1f} | {1000 * b31:.1f} | {vote:.2f} "
-                      f"| {vote / t['b1']:.1f} | {vote / (t['b1'] + 31 * b31):.2f} |", flush=True)
+                      f"| {vote / t['b1']:.1f} | {vote / (t['b1'] + 31 * b31):.2f} | {unf} |", flush=True)
 
     if 4 in args.tables:
         _load("table 4")
@@ -358,8 +384,9 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"\n## 4. Predict latency per slice with its heatmap (512 px in; the default map is {DEFAULT_CNN_KIND})\n")
         print("| model | heatmap | setting (mode used) | predict ms/slice | raw forward ms, b1, same mode "
-              "| predict / raw forward | layercam8 answer + map passes ms: shared pass | before: two passes "
-              "| shared / two |\n|---|---|---|---|---|---|---|---|---|")
+              "| predict / raw forward | predict, norms unfolded, ms | unfolded / folded "
+              "| layercam8 answer + map passes ms: shared pass | before: two passes "
+              "| shared / two |\n|---|---|---|---|---|---|---|---|---|---|---|")
         for key in args.models:
             model, backbone = models[key], MODELS[key]
             settings = dict.fromkeys(["auto", best_mode[key]["infer"].name, "fp32"])
@@ -370,14 +397,18 @@ def main(argv: list[str] | None = None) -> None:
                 for s, (call, pred) in calls.items():
                     used = next(iter(pred.speed.modes.values()))  # what the setting resolved to
                     fns = {"predict": call, "b1": raw_forward(model, used, 1, args.size)}
+                    if used != FP32:
+                        fns["unfolded"] = unfolded(call)
                     if kind == "layercam8":
                         fns.update(shared=answer_and_map(model, used, args.size, shared=True),
                                    two=answer_and_map(model, used, args.size, shared=False))
                     t = _interleaved(fns, max(args.iters, 3))
                     passes = (f"{1000 * t['shared']:.1f} | {1000 * t['two']:.1f} | {t['shared'] / t['two']:.2f}"
                               if "shared" in t else "- | - | -")
+                    unf = (f"{1000 * t['unfolded']:.1f} | {t['unfolded'] / t['predict']:.2f}"
+                           if "unfolded" in t else "- | -")
                     print(f"| {key} | {kind} | {s} ({used.name}) | {1000 * t['predict']:.1f} | {1000 * t['b1']:.1f} "
-                          f"| {t['predict'] / t['b1']:.2f} | {passes} |", flush=True)
+                          f"| {t['predict'] / t['b1']:.2f} | {unf} | {passes} |", flush=True)
 
     end = os.getloadavg()
     print(f"\nwall {time.perf_counter() - t_start:.0f} s; load average at end {end[0]:.2f} / {end[1]:.2f} / "
