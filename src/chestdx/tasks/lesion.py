@@ -5,7 +5,8 @@ The task object :class:`Lesions` (registered as ``lesion``) builds the data modu
 LightningModule below; the segmentation samples are written to ``RUN/segmentation_samples.csv`` and
 read back on ``--resume``; ``trainer.speed: auto`` resolves to fp32 without measuring (the speed
 probe times a classifier). Evaluation adds the Eq. 14 F1 and the COCO mask AP
-(:func:`chestdx.evaluate.lesion.lesion_run_results`); the predictor lists the segmented lesions of
+(:func:`chestdx.evaluate.lesion.lesion_run_results`) and scores the union of the predicted masks as a
+heatmap (:meth:`Lesions.score_localisation`); the predictor lists the segmented lesions of
 each image next to the class answer.
 
 Algorithm 1 (maskrcnn-lesion-affinity.txt) takes two data sets and two steps per iteration:
@@ -281,6 +282,25 @@ class Lesions(Task):
 
         return lesion_run_results(ev.run, ev.model, ev.preds["label"].astype(int), ev.preds["probs"], ev.split,
                                   ev.out, ev.segmentation_sources)
+
+    def score_localisation(self, model: Any, loader: Any, cases: Sequence[Any], kinds: Sequence[str] = ("auto",),
+                           *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """The model's own lesion masks as its heatmap (``lesion_mask``: the binary union of the masks of
+        the detections scoring at least 0.5, what :meth:`predict_images` shows) scored against the
+        evaluated images' lesion masks, next to the centre prior and the body
+        (:func:`~chestdx.evaluate.localisation.score_lesion_masks`, which states the rules).
+
+        Args:
+            loader: batches of ``image (B, 1, S, S)``, ``lesion (B, 1, S, S)``, ``has_mask (B,)``, ``index (B,)``.
+            kinds: the kinds asked for; ``auto`` and ``lesion_mask`` are the mask union, any other kind
+                is listed under ``"unavailable"``.
+        """
+        from chestdx.evaluate.localisation import LESION_KIND, score_lesion_masks
+
+        res = score_lesion_masks(model, loader, cases, n_boot=n_boot, seed=seed)
+        res["unavailable"].update({k: f"the lesion model is scored on its {LESION_KIND} map only"
+                                   for k in kinds if k not in ("auto", LESION_KIND)})
+        return res
 
     def predict_images(self, predictor: Predictor, images: Any, sources: Sequence[str],
                        heatmap: bool) -> list[Prediction]:

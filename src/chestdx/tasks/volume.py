@@ -3,8 +3,9 @@
 One record per scan (:func:`~chestdx.data.layouts.load_volume_sources`: series folders,
 zips, NIfTI, slice folders, ``.npy``), preprocessed to ``(data.volume_depth, S, S)`` and cached on
 disk (:class:`~chestdx.data.volume_dataset.VolumeDataset`); augmentation is batch-level (the
-``cmc_views`` mixer). A case is a scan; no attention / heatmap localisation; the predictor answers a
-scan with one forward of the whole volume (and a 3D Grad-CAM).
+``cmc_views`` mixer). A case is a scan; no attention masks, but the 3D Grad-CAM is scored against the
+3D lesion masks per axial slice (:meth:`Volumes.score_localisation`); the predictor answers a scan
+with one forward of the whole volume (and a 3D Grad-CAM).
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ class Volumes(Task):
         from chestdx.data.volume_dataset import VolumeDataset
 
         return VolumeDataset(cases, _data(recipe), site_names=site_names or None)
+
+    def score_localisation(self, model: Any, loader: Any, cases: Sequence[Any], kinds: Sequence[str] = ("auto",),
+                           *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """The 3D Grad-CAM (``gradcam3d``, the map ``chestdx predict`` shows) scored against the 3D
+        lesion masks per axial slice with a lesion, next to the centre prior and the body of each slice
+        (:func:`~chestdx.evaluate.localisation.score_volume_heatmaps`, which states the rules).
+
+        Args:
+            loader: batches of ``image (B, 1, D, S, S)``, ``lesion (B, 1, D, S, S)``, ``has_mask (B,)``,
+                ``label (B,)``, ``index (B,)`` (:class:`~chestdx.data.volume_dataset.VolumeDataset`).
+            kinds: the kinds asked for; ``auto`` and ``gradcam3d`` are the 3D Grad-CAM, any other 2D
+                kind is listed under ``"unavailable"``.
+        """
+        from chestdx.evaluate.localisation import VOLUME_KIND, score_volume_heatmaps
+
+        res = score_volume_heatmaps(model, loader, cases, n_boot=n_boot, seed=seed)
+        res["unavailable"].update({k: f"a 3D model is scored on its {VOLUME_KIND} map only"
+                                   for k in kinds if k not in ("auto", VOLUME_KIND)})
+        return res
 
     # -------------------------------------------------------------------------------- serving
 
