@@ -80,6 +80,7 @@ def test_volume_scored_per_lesion_slice_hand_computed():
     assert figs["iou"]["value"] == pytest.approx((1 / 9 + 1 / 10 + 0) / 3)  # 1 of 9; 1 of 9 + 1; none
     assert figs["dice"]["value"] == pytest.approx((2 / 10 + 2 / 11 + 0) / 3)
     assert [r["gradcam3d"]["pointing"] for r in res["per_image"]] == [1.0, 1.0, 0.0]
+    assert res["zero_maps"] == {"gradcam3d": 0}
     assert res["rules"]["grid"] == [D, S, S] and "nearest" in res["rules"]["mask_resize"]
     md = localisation_markdown(res, "t")
     assert "3 axial slices with a lesion of 1 scans" in md and "| gradcam3d | 0.667" in md
@@ -149,7 +150,7 @@ def _lesion_batch():
 
 
 def test_lesion_mask_union_equal_to_the_truth_scores_one_and_shifted_scores_zero():
-    from chestdx.evaluate.localisation import score_lesion_masks
+    from chestdx.evaluate.localisation import localisation_markdown, score_lesion_masks
 
     sq = _lesion_square()
     half_a, half_b = sq.copy(), sq.copy()
@@ -170,6 +171,8 @@ def test_lesion_mask_union_equal_to_the_truth_scores_one_and_shifted_scores_zero
     none = FakeDetector([[], [(sq, 0.4)], []])  # nothing at >= 0.5: all-zero maps
     res = score_lesion_masks(none, loader, samples, n_boot=0)
     assert res["maps"]["lesion_mask"]["iou"]["value"] == 0.0 and res["n_images"] == 2
+    assert res["zero_maps"] == {"lesion_mask": 2}  # counted, and said in the markdown
+    assert "lesion_mask: all-zero map on 2 of 2 images" in localisation_markdown(res, "t")
     assert set(res["references"]) == {"centre_prior", "body"}
 
 

@@ -153,6 +153,7 @@ class ScoreTable:
         self.rows: dict[str, list[dict[str, float]]] = {}
         self.groups: list[str] = []
         self.per_image: list[dict[str, Any]] = []
+        self.zero_maps: dict[str, int] = {}  # kind -> images where the map is all zero (every score 0)
 
     def add(self, group: str, record: dict[str, Any], maps: dict[str, np.ndarray], lesion: np.ndarray,
             image: np.ndarray) -> None:
@@ -170,6 +171,8 @@ class ScoreTable:
         cands = {**maps, "centre_prior": centre_prior(shape), "body": body_map(image)}
         rec = dict(record)
         for name, m in cands.items():
+            if name in maps:
+                self.zero_maps[name] = self.zero_maps.get(name, 0) + int(not np.asarray(m).max() > 0)
             sc = localisation_scores(m, lesion)
             self.rows.setdefault(name, []).append(sc)
             rec[name] = sc
@@ -179,14 +182,16 @@ class ScoreTable:
     def result(self, rules: dict[str, Any], *, default_kind: str = "", unavailable: dict[str, str] | None = None,
                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """``{"rules", "n_images", "n_patients", "default_kind", "maps", "references", "unavailable",
-        "per_image"}`` (see :func:`score_heatmaps`): means over images, patient-level 95% intervals."""
+        "zero_maps", "per_image"}`` (see :func:`score_heatmaps`): means over images, patient-level 95%
+        intervals; ``zero_maps``: per kind, the images whose map is all zero (they score 0)."""
         summary = {name: summarise_scores(r, self.groups, n_boot=n_boot, seed=seed) for name, r in self.rows.items()}
         return {
             "rules": rules, "n_images": len(self.per_image), "n_patients": len(set(self.groups)),
             "default_kind": default_kind,
             "maps": {k: v for k, v in summary.items() if k not in REFERENCES},
             "references": {k: summary[k] for k in REFERENCES if k in summary},
-            "unavailable": dict(unavailable or {}), "per_image": self.per_image,
+            "unavailable": dict(unavailable or {}), "zero_maps": dict(self.zero_maps),
+            "per_image": self.per_image,
         }
 
 
@@ -367,4 +372,6 @@ def localisation_markdown(loc: dict[str, Any], title: str) -> str:
             cells = [f"{figs[k]['value']:.3f} [{figs[k]['ci_low']:.3f}, {figs[k]['ci_high']:.3f}]" for k in SCORES]
             lines.append(f"| {name}{label} | " + " | ".join(cells) + " |")
     tail = "".join(f"\n\n{k}: not scored ({why})" for k, why in loc.get("unavailable", {}).items())
+    tail += "".join(f"\n\n{k}: all-zero map on {n} of {loc['n_images']} {unit} (scored 0)"
+                    for k, n in loc.get("zero_maps", {}).items() if n)
     return head + "\n".join(lines) + tail
