@@ -239,11 +239,12 @@ def evaluate_run(run: Run | str | Path, sources: Sequence[str | Path] | None = N
             result["heatmap_localisation"] = {k: v for k, v in hloc.items() if k != "per_image"}
             attention = loc if "localisation" in result else {}  # loc: the attention scores above
             write_json(out / "localisation.json", {**attention, "heatmaps": hloc})
-    own_maps = getattr(task, "score_localisation", None)  # a task's own maps: volume 3D Grad-CAM, lesion masks
-    if localisation and not task.heatmap_localisation and own_maps is not None and any(s.mask for s in chosen):
+    if localisation and not task.heatmap_localisation and any(s.mask for s in chosen):
+        # a task's own maps: the volume model's 3D Grad-CAM per slice, the lesion model's masks
         with running(model, mode, device):
-            hloc = own_maps(model, loader, chosen, heatmap_kinds, n_boot=n_boot, seed=recipe.seed)
-        if hloc["n_images"]:
+            own = task.score_localisation(model, loader, chosen, heatmap_kinds, n_boot=n_boot, seed=recipe.seed)
+        if own is not None and own["n_images"]:
+            hloc = own
             result["heatmap_localisation"] = {k: v for k, v in hloc.items() if k != "per_image"}
             write_json(out / "localisation.json", {"heatmaps": hloc})
     # the task's own results: a sequence run's builder report and Fig. 6, a lesion run's Eq. 14 F1 / mask AP

@@ -179,6 +179,13 @@ class Task:
         """The data set ``chestdx ensemble`` answers with one run (cases joined across runs by path)."""
         return self.eval_dataset(recipe, cases, site_names)
 
+    def score_localisation(self, model: Any, loader: Any, cases: Sequence[Any], kinds: Sequence[str] = ("auto",),
+                           *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+        """The task's own maps scored against the lesion masks of ``cases`` when it does not score 2D
+        heatmaps (:attr:`heatmap_localisation` False): the volume task's 3D Grad-CAM per slice, the
+        lesion model's masks (:mod:`chestdx.evaluate.localisation`). None: the task has no map to score."""
+        return None
+
     def evaluate_extra(self, ev: Evaluation) -> dict[str, Any]:
         """The task's own results, merged into ``metrics.json`` (and files written under ``ev.out``)."""
         return {}
