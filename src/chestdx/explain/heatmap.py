@@ -1,22 +1,28 @@
 """One heatmap per image, whatever the model: the explanation ``predict``, ``report`` and ``serve``
 show.
 
-``kind="auto"`` picks what the model's paper draws:
+``kind="auto"`` picks, per model family, the kind that scored best against phantom lesion masks for
+its cost (docs/explain.md; the classification is untouched: every map is drawn after the answer):
 
-- a model whose output has the two ATT2 attention maps (``att1``, ``att2``): ``sqrt(a1 * a2)`` of
-  both maps upsampled (resnet50-att2 paper, Fig. 7; :func:`~chestdx.explain.attention_masks.combine_attention`);
-- a model with a mean attention map (``maps["attention"]``, MAG-SD): that map upsampled
-  (:func:`~chestdx.explain.localize.attention_heatmap`);
 - a backbone + pooled-head CNN (:class:`~chestdx.models.classifier.ResNetMLP`, 2D): :data:`DEFAULT_CNN_KIND`
-  of the predicted class, the kind that scored best against phantom lesion masks (docs/explain.md);
-  any other model (3D, sequence, ...): CAM / Grad-CAM at the last stage (:func:`~chestdx.explain.cam.cam`).
+  of the predicted class;
+- ResNet50-ATT2 (:class:`~chestdx.models.attention.ResNetATT2`) and MAG-SD
+  (:class:`~chestdx.models.magsd.MANet`) on 2D inputs: :data:`ATTENTION_MODEL_KIND` of the predicted
+  class, not their own attention maps, which pointed at the lesion on 0% (ATT2) and 2% (MAG-SD) of the
+  phantom test images against 47% and 41% for ``intgrad`` (issue 16; :func:`auto_kind`);
+- any other model whose output has the two ATT2 attention maps (``att1``, ``att2``: the per-slice
+  maps of a sequence model): ``sqrt(a1 * a2)`` of both maps upsampled (resnet50-att2 paper, Fig. 7;
+  :func:`~chestdx.explain.attention_masks.combine_attention`); one with a mean attention map
+  (``maps["attention"]``): that map upsampled (:func:`~chestdx.explain.localize.attention_heatmap`);
+  any other model (3D, ...): CAM / Grad-CAM at the last stage (:func:`~chestdx.explain.cam.cam`).
 
 Kinds that can be asked for: ``cam`` (last stage, stride 32: 2 x 2 at 64 px, 7 x 7 at 224 px), the finer
 CAMs of :data:`~chestdx.explain.cam.FINE_KINDS` (``gradcam16``, ``layercam16``, ``layercam8``,
 ``fused16``, :func:`~chestdx.explain.cam.stage_cam`), ``occlusion`` (the drop of the class probability
 when each cell of an 8 x 8 chequer is covered, any model: :func:`~chestdx.explain.occlusion.occlusion_map`),
 ``intgrad`` (integrated gradients from the covered image summed per cell of the same chequer:
-:func:`~chestdx.explain.occlusion.intgrad_map`), ``attention`` (MAG-SD) and ``att2`` (ResNet50-ATT2).
+:func:`~chestdx.explain.occlusion.intgrad_map`), ``attention`` (MAG-SD) and ``att2`` (ResNet50-ATT2:
+the models' own maps, drawn when asked for).
 A heatmap never changes the answer: the classifier and CAM voting's own CAM are untouched.
 
 Every map is scaled to ``[0, 1]`` per image (an all-zero map stays zero).
@@ -32,8 +38,8 @@ from torch import Tensor
 from chestdx.errors import ConfigError
 from chestdx.models import ChestModel, ModelOutput
 
-__all__ = ["DEFAULT_CNN_KIND", "HEATMAP_KINDS", "answer_with_heatmap", "float32_map", "heatmap", "heatmap_grid",
-           "stage_kind"]
+__all__ = ["ATTENTION_MODEL_KIND", "DEFAULT_CNN_KIND", "HEATMAP_KINDS", "answer_with_heatmap", "auto_kind",
+           "float32_map", "heatmap", "heatmap_grid", "stage_kind"]
 
 HEATMAP_KINDS = ("auto", "cam", "gradcam16", "layercam16", "layercam8", "fused16", "occlusion", "intgrad", "attention",
                  "att2")
@@ -42,11 +48,39 @@ HEATMAP_KINDS = ("auto", "cam", "gradcam16", "layercam16", "layercam8", "fused16
 #: points at the lesion 0.50 of the time (``occlusion`` 0.53 at 8x the passes, ``layercam8`` 0.14,
 #: the centre prior 0.05); on the real segmentation slices no kind beats the centre prior (docs/explain.md).
 DEFAULT_CNN_KIND = "intgrad"
+#: What ``auto`` draws for ResNet50-ATT2 and MAG-SD on single images, instead of their own attention
+#: maps (issue 16; docs/explain.md, "Measured: ATT2 and MAG-SD attention against the other kinds"; the
+#: recipes' CPU scale: ResNet-18 from scratch, 64 px, 10 epochs, predicted class's map, pointing game /
+#: energy inside the lesion [patient-level 95% CI]):
+#: ATT2 on the CT phantom's 96 test lesion slices: ``att2`` 0.000 [0.000, 0.000] / 0.021 [0.016, 0.027],
+#: ``intgrad`` 0.469 [0.354, 0.583] / 0.103 [0.072, 0.139] (``occlusion`` 0.438 / 0.110);
+#: MAG-SD on the X-ray phantom's 96 test lesion images: ``attention`` 0.021 [0.000, 0.062] / 0.068
+#: [0.060, 0.076], ``intgrad`` 0.406 [0.281, 0.531] / 0.167 [0.126, 0.208] (``occlusion`` 0.604 / 0.165
+#: at 8x the passes). At 64 px the attention maps are 2 x 2 (``att1`` 4 x 4); 224 px is not measured.
+ATTENTION_MODEL_KIND = "intgrad"
 
 
 def _unit(maps: Tensor) -> Tensor:
     peak = maps.flatten(1).amax(dim=1).clamp(min=1e-12)
     return (maps / peak.view(-1, *[1] * (maps.ndim - 1))).clamp(0, 1)  # (B, H, W) or (B, D, H, W)
+
+
+def auto_kind(model: ChestModel, ndim: int = 4) -> str | None:
+    """The kind ``auto`` draws on ``model`` for inputs of ``ndim`` dimensions where the model's class
+    tells it: :data:`DEFAULT_CNN_KIND` for a backbone + pooled-head CNN and :data:`ATTENTION_MODEL_KIND`
+    for ResNet50-ATT2 / MAG-SD, on 2D inputs; None for any other model or input (:func:`heatmap` then
+    reads the output: ``att2`` / ``attention`` where the model makes them, else ``cam``)."""
+    from chestdx.models.attention import ResNetATT2
+    from chestdx.models.classifier import ResNetMLP
+    from chestdx.models.magsd import MANet
+
+    if ndim != 4:
+        return None
+    if isinstance(model, ResNetMLP):
+        return DEFAULT_CNN_KIND
+    if isinstance(model, (ResNetATT2, MANet)):
+        return ATTENTION_MODEL_KIND
+    return None
 
 
 def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOutput | None = None,
@@ -67,6 +101,12 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
         raise ConfigError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}")
     if target is None and out is not None:
         target = out.logits.detach().argmax(dim=1)
+    drawn = auto_kind(model, images.ndim) if kind == "auto" else None
+    if drawn is not None and drawn not in ("auto", "cam"):
+        try:  # CNN, ATT2, MAG-SD on 2D inputs (the kinds float32_map plans for)
+            return heatmap(model, images, drawn, out=out, target=target)
+        except ConfigError:  # no stage features (a stage kind on an odd backbone): what the output gives
+            pass
     if kind in FINE_KINDS:
         return _unit(fine_cam(model, images, kind, target).detach()), kind
     if kind in ("occlusion", "intgrad"):  # any model: they need only the logits
@@ -86,13 +126,6 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
             return attention_heatmap(model, images, out), "attention"
         if kind != "auto":
             raise ConfigError(f"{type(model).__name__} makes no {kind} maps; use kind 'cam' or 'auto'")
-    from chestdx.models.classifier import ResNetMLP
-
-    if kind == "auto" and DEFAULT_CNN_KIND != "cam" and images.ndim == 4 and isinstance(model, ResNetMLP):
-        try:  # a backbone + pooled-head CNN (the kind float32_map plans for); other architectures: CAM
-            return heatmap(model, images, DEFAULT_CNN_KIND, out=out, target=target)
-        except ConfigError:  # no stage features (a stage kind on an odd backbone): the last-stage CAM
-            pass
     return _unit(cam(model, images, target, out=out).detach()), "cam"
 
 
@@ -119,16 +152,15 @@ def float32_map(model: ChestModel, kind: str = "auto", ndim: int = 4) -> tuple[s
     turns autocast off around them and ``auto`` picks a float32 mode for an answer with such a map.
 
     - a stage map (:func:`stage_kind`): one pass with gradients, ``1``;
-    - ``occlusion`` (asked for, or ``auto`` on a backbone + pooled-head CNN when it is the default map):
+    - ``occlusion`` (asked for, or what ``auto`` draws on the model, :func:`auto_kind`):
       one forward per covered patch, ``grid ** 2`` (64) copies per image;
-    - ``intgrad``: forward + backward passes of its ``steps`` (8) points per image, batched together.
+    - ``intgrad`` (asked for, or ``auto`` on a CNN classifier, ResNet50-ATT2 or MAG-SD): forward +
+      backward passes of its ``steps`` (8) points per image, batched together.
     """
-    from chestdx.models.classifier import ResNetMLP
-
     fine = stage_kind(model, kind, ndim)
     if fine is not None:
         return fine, 1
-    drawn = DEFAULT_CNN_KIND if kind == "auto" and isinstance(model, ResNetMLP) else kind
+    drawn = (auto_kind(model, ndim) or kind) if kind == "auto" else kind
     if ndim != 4 or drawn not in ("occlusion", "intgrad"):
         return None
     from chestdx.explain.occlusion import IG_STEPS, OCCLUSION_GRID
