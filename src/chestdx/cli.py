@@ -145,6 +145,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         from chestdx.phantom.cxr import synthesize_cxr
 
         manifest = synthesize_cxr(args.out, n_patients_per_class=args.patients, num_classes=args.classes,
+                                  images_per_patient=args.slices_per_patient or 1,
                                   sites=args.sites, size=args.size, seed=args.seed)
         print(f"wrote {manifest}")
         return 0
@@ -479,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patients", type=int, default=40, help="patients per class and site")
     s.add_argument("--slices-per-patient", type=int,
                    help="slices per patient (default 2); --kind sequence: slices per scan (default 20); "
-                        "--kind volume: slices per volume (default --size / 2)")
+                        "--kind volume: slices per volume (default --size / 2); --kind cxr: X-rays per patient (default 1)")
     s.add_argument("--min-slices", type=int,
                    help="--kind sequence: draw each scan's slice count in [MIN, --slices-per-patient]")
     s.add_argument("--size", type=int, default=128, help="image side in px")

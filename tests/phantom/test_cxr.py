@@ -55,3 +55,16 @@ def test_tiny_cxr_set(tmp_path):
     assert (tmp_path / rows[0]["path"]).read_bytes() == (again.parent / rows[0]["path"]).read_bytes()
     with pytest.raises(ConfigError):
         synthesize_cxr(tmp_path, num_classes=4)
+
+
+def test_synth_cli_writes_the_asked_number_of_xrays_per_patient(tmp_path):
+    """``chestdx synth --kind cxr --slices-per-patient 2``: two X-rays per patient (the flag was ignored)."""
+    import csv
+
+    from chestdx.cli import main
+
+    for n in (1, 2):
+        assert main(["synth", "--kind", "cxr", "--out", str(tmp_path / f"c{n}"), "--patients", "2", "--classes", "2",
+                     "--size", "32", "--slices-per-patient", str(n)]) == 0
+        rows = list(csv.DictReader(open(tmp_path / f"c{n}" / "manifest.csv")))
+        assert len(rows) == 4 * n and len({r["patient_id"] for r in rows}) == 4
