@@ -73,6 +73,13 @@ _SPEED_HELP = ("execution mode: auto (measured once per machine, cached) | fp32 
                "channels_last+bf16 | fp16 | channels_last+fp16 (default: the recipe's inference.speed)")
 
 
+def _add_heatmap_kind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heatmap-kind", default="auto", metavar="KIND",
+                   help="the map drawn with each answer: auto (the measured best: intgrad for 2D CNNs), "
+                        "or cam, gradcam16, layercam16, layercam8 (one backward pass: fastest), fused16, "
+                        "occlusion, intgrad, att2, attention (docs/explain.md)")
+
+
 def _add_speed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=_speed, metavar="MODE", help=_SPEED_HELP)
 
@@ -256,7 +263,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = Predictor(args.model, which=args.checkpoint, procedure=args.procedure,
                           lesion_score_threshold=args.lesion_threshold, speed=args.speed,
-                          device=_device(args))
+                          device=_device(args), heatmap_kind=args.heatmap_kind)
     inputs = expand_inputs(args.inputs, scan_folders=args.scan_folders)
     errors: list[tuple[str, str]] = []
     lines = []
@@ -421,7 +428,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from chestdx.predict.predictor import Predictor
     from chestdx.predict.report import write_study_report
 
-    predictor = Predictor(args.model, procedure=args.procedure, speed=args.speed, device=_device(args))
+    predictor = Predictor(args.model, procedure=args.procedure, speed=args.speed, device=_device(args),
+                          heatmap_kind=args.heatmap_kind)
     out = write_study_report(predictor, args.input, args.out, aggregate=args.scan_aggregate,
                              max_slices=args.max_slices, series_uid=args.series_uid)
     print(f"report: {out}")
@@ -437,7 +445,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           max_voxels=int(args.max_megavoxels * 1e6) if args.max_megavoxels else None,
           max_unzipped_mb=args.max_unzipped_mb, decode_timeout_s=args.decode_timeout,
           header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, speed=args.speed,
-          device=_device(args))
+          device=_device(args), heatmap_kind=args.heatmap_kind)
     return 0
 
 
@@ -543,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--series-uid", help="a folder holding several DICOM series: answer this SeriesInstanceUID")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--max-slices", type=int, help="answer at most this many evenly spaced slices per scan")
+    _add_heatmap_kind(s)
     s.add_argument("--scan-folders", action="store_true",
                    help="treat each folder of slice images as one scan (COV19-CT-DB layout)")
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
@@ -622,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--series-uid", help="a folder holding several DICOM series: answer this SeriesInstanceUID")
     s.add_argument("--max-slices", type=int, default=64, help="answer at most this many slices of a scan")
     s.add_argument("--procedure", help="inference procedure (default: the recipe's), e.g. plain, cam_voting")
+    _add_heatmap_kind(s)
     _add_speed(s)
     _add_device(s)
     s.set_defaults(func=cmd_report)
@@ -646,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a connection may take to send its request head (default %(default)s)")
     s.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds the body may pause between chunks before a 408 (default %(default)s)")
+    _add_heatmap_kind(s)
     _add_speed(s)
     _add_device(s)
     s.set_defaults(func=cmd_serve)

@@ -51,3 +51,19 @@ def test_export_predict_report(tiny_run, series_dir, phantom_png, tmp_path, caps
     capsys.readouterr()
     assert main(["report", str(model), str(bad), "--out", str(tmp_path / "x.html")]) == 2
     assert "bad.png" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
+
+
+def test_predict_heatmap_kind_flag(tiny_run, phantom_png, tmp_path, capsys):
+    """``--heatmap-kind`` picks the map drawn with each answer (``layercam8``: one backward pass, the
+    fast choice); the default is the measured ``auto`` (intgrad); a misspelt kind fails before the model
+    loads, with a did-you-mean."""
+    for flag, want in (([], "intgrad"), (["--heatmap-kind", "layercam8"], "layercam8")):
+        out = tmp_path / f"{want}.jsonl"
+        assert main(["predict", str(tiny_run), str(phantom_png), "--out", str(out),
+                     "--overlays", str(tmp_path / want), *flag]) == 0
+        line = json.loads(out.read_text().splitlines()[0])
+        assert line["heatmap_kind"] == want, line
+    capsys.readouterr()
+    assert main(["predict", str(tiny_run), str(phantom_png), "--heatmap-kind", "layercam"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown heatmap kind 'layercam'" in err and "did you mean" in err

@@ -35,6 +35,18 @@ if TYPE_CHECKING:
 __all__ = ["Prediction", "ScanPrediction", "Predictor", "load_model"]
 
 
+def _checked_kind(kind: str) -> str:
+    from chestdx.explain.heatmap import HEATMAP_KINDS
+
+    if kind not in HEATMAP_KINDS:
+        import difflib
+
+        near = difflib.get_close_matches(kind, HEATMAP_KINDS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"unknown heatmap kind {kind!r}{hint}; choose one of {', '.join(HEATMAP_KINDS)}")
+    return kind
+
+
 class Predictor:
     """A trained model ready to answer images and scans.
 
@@ -53,13 +65,23 @@ class Predictor:
             :mod:`chestdx.engine.precision`); default the recipe's ``inference.speed``, which a
             bundle carries. ``auto`` is resolved on this machine (cached per machine), once for
             single images and once for batches. Lesion detection always runs in fp32.
+        heatmap_kind: the map drawn with an answer (:data:`chestdx.explain.heatmap.HEATMAP_KINDS`):
+            ``auto`` (default: the measured best, ``intgrad`` for 2D CNNs, 8 Riemann points) or a
+            cheaper one, e.g. ``layercam8`` (one forward + backward: about 5x faster for
+            EfficientNet-Lite0 at 224 px, docs/results.md). A kind the model cannot give is refused
+            on the first map (ConfigError).
+
+    Raises:
+        ConfigError: an unknown ``heatmap_kind`` or a bad ``lesion_score_threshold``.
     """
 
     def __init__(self, model_path: str | Path, which: str = "best", procedure: str | None = None,
-                 device: Any = "cpu", lesion_score_threshold: float = 0.5, speed: str | None = None):
+                 device: Any = "cpu", lesion_score_threshold: float = 0.5, speed: str | None = None,
+                 heatmap_kind: str = "auto"):
         from chestdx.engine.run import Run
         from chestdx.predict.bundle import load_any
 
+        kind = _checked_kind(heatmap_kind)  # before the model loads
         if isinstance(model_path, Run):
             model_path = model_path.path
         recipe, model, class_names, card = load_any(model_path, which)
@@ -68,6 +90,7 @@ class Predictor:
         if not 0.0 <= lesion_score_threshold <= 1.0:
             raise ConfigError(f"lesion score threshold must be in [0, 1], got {lesion_score_threshold}")
         self.lesion_score_threshold = float(lesion_score_threshold)
+        self.heatmap_kind = kind
 
     @classmethod
     def from_model(cls, recipe: Recipe, model: Any, card: dict[str, Any] | None = None,
@@ -96,7 +119,7 @@ class Predictor:
         self.procedure = procedure or recipe.inference.name
         self.params = procedure_params(recipe, self.procedure)  # intra_ensemble: the run's own training views
         self._pre = LoadPreprocess(recipe.data)
-        self.heatmap_kind = "auto"  # see chestdx.explain.heatmap: ATT2 / MAG-SD attention, else CAM
+        self.heatmap_kind = "auto"  # chestdx.explain.heatmap.auto_kind: the measured best map per model
         self.lesion_score_threshold = 0.5  # task lesion: detections shown / listed from this score
         self.lock = threading.Lock()
         """Held around every forward: one at a time on a shared model."""

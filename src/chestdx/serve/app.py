@@ -397,7 +397,8 @@ def _safe_name(filename: str | None) -> str:
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, header_timeout_s: float = 10.0,
-          keepalive_s: float = 5.0, speed: str | None = None, device: Any = "cpu", **kwargs: Any) -> None:
+          keepalive_s: float = 5.0, speed: str | None = None, device: Any = "cpu", heatmap_kind: str = "auto",
+          **kwargs: Any) -> None:
     """Load the model and run the service with uvicorn until interrupted.
 
     Connections that send no complete request head within ``header_timeout_s`` (idle, or trickling
@@ -406,12 +407,13 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, header_tim
     :mod:`chestdx.engine.precision`), resolved before the service starts (``auto`` measures once per
     machine), for single images and for batches of ``max_batch``. ``device``: where the model runs
     (a :class:`torch.device` or an accelerator, :func:`chestdx.engine.device.resolve_device`).
+    ``heatmap_kind``: the map drawn with each answer (:class:`~chestdx.predict.predictor.Predictor`).
     """
     import uvicorn
 
     from chestdx.predict.predictor import Predictor
 
-    predictor = Predictor(model_path, speed=speed, device=device)
+    predictor = Predictor(model_path, speed=speed, device=device, heatmap_kind=heatmap_kind)
     log.info("device %s, execution modes: %s", predictor.device,
              predictor.resolve_speed((1, int(kwargs.get("max_batch", 16)))))
     app = create_app(predictor, **kwargs)
