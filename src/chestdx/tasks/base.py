@@ -122,18 +122,20 @@ class Task:
     def load_samples(self, sources: Sequence[str | Path], recipe: Recipe, check: bool = True) -> list[Sample]:
         """Read every source's layout, join the sites and give a split to samples that have none.
 
-        Samples without a split get a seeded, patient-grouped, class-stratified one
-        (``data.split_fractions``). With ``check``, every file is opened first and all bad files
+        A file listed twice with the same label is used once (a warning names it:
+        :func:`~chestdx.data.layouts.drop_duplicate_files`). Samples without a split get a seeded,
+        patient-grouped, class-stratified one (``data.split_fractions``). With ``check``, every file is opened first and all bad files
         are reported together.
 
         Raises:
             DatasetError: no source, an empty source, or unreadable files (all listed).
         """
+        from chestdx.data.layouts import drop_duplicate_files
         from chestdx.data.splits import patient_split
 
         if not sources:
             raise DatasetError("no data given: pass --data FOLDER_OR_CSV (one per site)")
-        samples = self.read_sources([str(s) for s in sources], tuple(recipe.data.class_names))
+        samples = drop_duplicate_files(self.read_sources([str(s) for s in sources], tuple(recipe.data.class_names)))
         if any(s.split is None for s in samples):
             samples = patient_split(samples, tuple(recipe.data.split_fractions), seed=recipe.seed)
         if check:

@@ -456,3 +456,28 @@ def test_real_sources_and_xray(real_data):
     assert Counter(x.label for x in cxr) == {2: 132, 1: 47, 0: 19}
     assert len({x.patient_id for x in cxr}) == 133
     check_samples(cxr, read=False)
+
+
+def test_a_file_listed_twice_is_used_once(tmp_path, caplog):
+    """The ieee8023 metadata lists one image under two patient ids: it is used once (it counted twice
+    in training and evaluation, and a patient split could put it on both sides), with a warning that
+    names it; listed twice with two labels, it is refused."""
+    import logging
+
+    from chestdx.config import load_recipe
+    from chestdx.tasks import load_samples
+
+    for i in range(8):
+        _png(tmp_path / "img" / f"{i}.png", value=20 * i)
+    rows = "".join(f"img/{i}.png,{'covid' if i % 2 else 'noncovid'},P{i}\n" for i in range(8))
+    (tmp_path / "ok.csv").write_text("path,label,patient_id\n" + rows + "img/3.png,covid,P9\n")
+    recipe = load_recipe("demo", {"data": {"class_names": list(BINARY)}})
+    with caplog.at_level(logging.WARNING):
+        got = load_samples([tmp_path / "ok.csv"], recipe)
+    assert len(got) == 8 and [Path(s.path).name for s in got].count("3.png") == 1
+    assert "3.png: listed 2 times with the same label (patients " in caplog.text and "used once" in caplog.text
+    assert "/P3, " in caplog.text and "/P9)" in caplog.text  # the patient ids, namespaced by site
+    (tmp_path / "bad.csv").write_text("path,label,patient_id\n" + rows + "img/3.png,noncovid,P9\n")
+    with pytest.raises(DatasetError) as err:
+        load_samples([tmp_path / "bad.csv"], recipe)
+    assert "3.png" in str(err.value.problems[0]) and "listed twice" in str(err.value.problems[0])

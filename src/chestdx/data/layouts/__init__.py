@@ -39,7 +39,7 @@ from chestdx.data.layouts.covidx import from_covidx_labels, parse_covidx_ids
 from chestdx.data.layouts.folders import from_class_folders
 from chestdx.data.layouts.ieee8023 import FRONTAL_VIEWS, finding_category, from_ieee8023, is_ieee8023_csv
 from chestdx.data.layouts.manifest import from_manifest
-from chestdx.data.layouts.sources import check_samples, load_source, load_sources
+from chestdx.data.layouts.sources import check_samples, drop_duplicate_files, load_source, load_sources
 from chestdx.data.layouts.volumes import from_scan_folders, load_volume_source, load_volume_sources
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "Sample",
     "canonical_class",
     "check_samples",
+    "drop_duplicate_files",
     "finding_category",
     "from_class_folders",
     "from_covid_ct_splits",

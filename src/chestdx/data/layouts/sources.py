@@ -39,7 +39,7 @@ from chestdx.io.images import read_image, read_mask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_samples", "load_source", "load_sources"]
+__all__ = ["check_samples", "drop_duplicate_files", "load_source", "load_sources"]
 
 
 # -------------------------------------------------------------------------------- auto-detect
@@ -180,6 +180,30 @@ def _check_one(s: Sample, read: bool) -> list[DataError]:
         if not (0 <= xmin < xmax <= w and 0 <= ymin < ymax <= h):
             problems.append(DataError(s.path, f"box {s.box} lies outside the {w}x{h} image"))
     return problems
+
+
+def drop_duplicate_files(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples with each image file once: a path listed again with the same label is dropped
+    (the first row kept) and a warning names it and the patient ids it was listed under. Such rows
+    are real: the ieee8023 metadata lists ``images/000001-24.jpg`` under patients 285 and 339, which
+    counted the image twice in training and evaluation, and could have put one image on both sides of
+    a patient-grouped split. Rows of one path with different labels are all kept, for
+    :func:`check_samples` to refuse."""
+    first: dict[str, Sample] = {}
+    dropped: dict[str, list[Sample]] = {}
+    kept: list[Sample] = []
+    for s in samples:
+        prev = first.get(s.path)
+        if prev is not None and prev.label == s.label:
+            dropped.setdefault(s.path, []).append(s)
+            continue
+        first.setdefault(s.path, s)
+        kept.append(s)
+    for path, again in dropped.items():
+        pids = [first[path].patient_id, *(s.patient_id for s in again)]
+        log.warning("%s: listed %d times with the same label (patients %s); used once", path, len(again) + 1,
+                    ", ".join(dict.fromkeys(str(p) for p in pids)))
+    return kept
 
 
 def check_samples(samples: Sequence[Sample], *, read: bool = True, workers: int | None = None) -> None:
