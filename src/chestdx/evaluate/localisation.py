@@ -43,16 +43,12 @@ def parse_heatmap_kinds(text: str | Sequence[str] | None) -> list[str]:
     Raises:
         ConfigError: an unknown kind (the message lists the known ones).
     """
-    from chestdx.explain.heatmap import HEATMAP_KINDS
+    from chestdx.explain.heatmap import check_heatmap_kinds
 
     if not text:
         return []
     items = text.split(",") if isinstance(text, str) else list(text)
-    kinds = [k.strip() for k in items if k.strip()]
-    bad = [k for k in kinds if k not in HEATMAP_KINDS]
-    if bad:
-        raise ConfigError(f"unknown heatmap kind(s) {bad}; choose from {list(HEATMAP_KINDS)}")
-    return list(dict.fromkeys(kinds))
+    return check_heatmap_kinds([k.strip() for k in items if k.strip()])
 
 
 #: Which class's map :func:`score_heatmaps` scores.
@@ -289,16 +285,15 @@ def score_volume_heatmaps(model: Any, loader: Any, samples: Sequence[Any], *, n_
     return res
 
 
-def lesion_mask_map(masks: np.ndarray, scores: np.ndarray, shape: Sequence[int],
-                    score_threshold: float = LESION_SCORE_THRESHOLD) -> np.ndarray:
-    """The lesion model's map of one image: the union of the binary masks ``(m, H, W)`` of the
-    detections whose ``scores (m,)`` reach ``score_threshold`` -> ``(H, W)`` float 0 / 1 (all zero
-    without such a detection). Binary, as ``chestdx predict`` shows it (not weighted by score)."""
+def lesion_mask_map(masks: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The lesion model's map of one image, the one ``chestdx predict`` shows and evaluation scores:
+    the union of the binary masks ``(m, H, W)`` of the detections kept (by
+    :func:`~chestdx.evaluate.lesion.predict_lesions`' score threshold) -> ``(H, W)`` float32 0 / 1,
+    all zero without a detection. Binary, not weighted by score."""
     m = np.asarray(masks, dtype=bool)
-    sel = np.asarray(scores, dtype=np.float64) >= score_threshold
-    if m.ndim != 3 or not sel.any():
-        return np.zeros(tuple(int(v) for v in shape), dtype=np.float64)
-    return np.asarray(m[sel].any(0), dtype=np.float64)
+    if m.ndim != 3 or not len(m):
+        return np.zeros(tuple(int(v) for v in shape), dtype=np.float32)
+    return np.asarray(m.any(0), dtype=np.float32)
 
 
 def score_lesion_masks(model: Any, loader: Any, samples: Sequence[Any], *, n_boot: int = 1000, seed: int = 0,
@@ -340,7 +335,7 @@ def score_lesion_masks(model: Any, loader: Any, samples: Sequence[Any], *, n_boo
         imgs = images[:, 0].detach().float().cpu().numpy()
         for j, idx in enumerate(batch["index"][keep].tolist()):
             s = samples[int(idx)]
-            union = lesion_mask_map(found[j]["masks"], found[j]["scores"], shape, score_threshold)
+            union = lesion_mask_map(found[j]["masks"], shape)
             table.add(f"{s.site}/{s.patient_id}", {"index": int(idx), "path": str(s.path)},
                       {LESION_KIND: union}, truth[j], imgs[j])
     rules = localisation_rules(shape)

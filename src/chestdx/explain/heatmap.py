@@ -31,6 +31,7 @@ Every map is scaled to ``[0, 1]`` per image (an all-zero map stays zero).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,7 +40,7 @@ from chestdx.errors import ConfigError
 from chestdx.models import ChestModel, ModelOutput
 
 __all__ = ["ATTENTION_MODEL_KIND", "DEFAULT_CNN_KIND", "HEATMAP_KINDS", "answer_with_heatmap", "auto_kind",
-           "float32_map", "heatmap", "heatmap_grid", "stage_kind"]
+           "check_heatmap_kinds", "float32_map", "heatmap", "heatmap_grid", "stage_kind"]
 
 HEATMAP_KINDS = ("auto", "cam", "gradcam16", "layercam16", "layercam8", "fused16", "occlusion", "intgrad", "attention",
                  "att2")
@@ -58,6 +59,26 @@ DEFAULT_CNN_KIND = "intgrad"
 #: [0.060, 0.076], ``intgrad`` 0.406 [0.281, 0.531] / 0.167 [0.126, 0.208] (``occlusion`` 0.604 / 0.165
 #: at 8x the passes). At 64 px the attention maps are 2 x 2 (``att1`` 4 x 4); 224 px is not measured.
 ATTENTION_MODEL_KIND = "intgrad"
+
+
+def check_heatmap_kinds(kinds: str | Sequence[str]) -> list[str]:
+    """``kinds`` (one name or several) checked against :data:`HEATMAP_KINDS`, in order, without repeats.
+
+    Raises:
+        ConfigError: unknown kinds, each named with a "did you mean" where one is close, and the known ones.
+    """
+    import difflib
+
+    names = [kinds] if isinstance(kinds, str) else list(kinds)
+    bad = [k for k in names if k not in HEATMAP_KINDS]
+    if bad:
+        def named(k: str) -> str:
+            near = difflib.get_close_matches(k, HEATMAP_KINDS, n=1)
+            return f"{k!r} (did you mean {near[0]!r}?)" if near else repr(k)
+
+        raise ConfigError(f"unknown heatmap kind{'s' if len(bad) > 1 else ''} {', '.join(map(named, bad))}; "
+                          f"choose one of {', '.join(HEATMAP_KINDS)}")
+    return list(dict.fromkeys(names))
 
 
 def _unit(maps: Tensor) -> Tensor:
@@ -98,7 +119,7 @@ def heatmap(model: ChestModel, images: Tensor, kind: str = "auto", out: ModelOut
     from chestdx.explain.cam import FINE_KINDS, cam, fine_cam
 
     if kind not in HEATMAP_KINDS:
-        raise ConfigError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}")
+        check_heatmap_kinds(kind)  # raises, naming it
     if target is None and out is not None:
         target = out.logits.detach().argmax(dim=1)
     drawn = auto_kind(model, images.ndim) if kind == "auto" else None

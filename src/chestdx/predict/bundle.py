@@ -32,6 +32,7 @@ from chestdx.config import Recipe, validate_recipe
 from chestdx.engine.safe_load import read_checkpoint
 from chestdx.errors import ChestdxError, RunError
 from chestdx.utils import fix_tempdir_mode, write_json, write_text
+from chestdx.version import __version__
 
 if TYPE_CHECKING:
     from chestdx.engine.run import Run
@@ -182,8 +183,6 @@ def export_bundle(run: Run | str | Path, out: str | Path, which: str = "best", o
     from safetensors.torch import save_file
 
     from chestdx.engine.run import Run
-    from chestdx.version import __version__
-
     run = run if isinstance(run, Run) else Run(run)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -299,8 +298,6 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     from safetensors.torch import load_file
 
     from chestdx.models import build_model
-    from chestdx.version import __version__
-
     path = Path(path)
     if not is_bundle(path):
         raise BundleError(f"{path}: not a model bundle (no bundle.json); make one with "
@@ -413,12 +410,6 @@ def model_card(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _installed_version() -> str:
-    from chestdx.version import __version__
-
-    return __version__
-
-
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card as markdown."""
     pre = card.get("preprocessing") or {}
@@ -457,7 +448,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                      f"{cp.get('iou', '-')}); patient-level 95% intervals (docs/explain.md).")
     lines += ["", "## Intended use", card["intended_use"], "",
               (f"chestdx {card['chestdx_version']}, exported {card['exported']}." if card.get("exported")
-               else f"A run folder, not an exported bundle (read by chestdx {_installed_version()})."), ""]
+               else f"A run folder, not an exported bundle (read by chestdx {__version__})."), ""]
     return "\n".join(lines)
 
 

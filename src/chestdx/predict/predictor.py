@@ -35,18 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["Prediction", "ScanPrediction", "Predictor", "load_model"]
 
 
-def _checked_kind(kind: str) -> str:
-    from chestdx.explain.heatmap import HEATMAP_KINDS
-
-    if kind not in HEATMAP_KINDS:
-        import difflib
-
-        near = difflib.get_close_matches(kind, HEATMAP_KINDS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"unknown heatmap kind {kind!r}{hint}; choose one of {', '.join(HEATMAP_KINDS)}")
-    return kind
-
-
 class Predictor:
     """A trained model ready to answer images and scans.
 
@@ -79,18 +67,18 @@ class Predictor:
                  device: Any = "cpu", lesion_score_threshold: float = 0.5, speed: str | None = None,
                  heatmap_kind: str = "auto"):
         from chestdx.engine.run import Run
+        from chestdx.explain.heatmap import check_heatmap_kinds
         from chestdx.predict.bundle import load_any
 
-        kind = _checked_kind(heatmap_kind)  # before the model loads
+        check_heatmap_kinds(heatmap_kind)  # before the model loads
         if isinstance(model_path, Run):
             model_path = model_path.path
         recipe, model, class_names, card = load_any(model_path, which)
-        self._setup(recipe, model, class_names, card, procedure, device, speed)
+        self._setup(recipe, model, class_names, card, procedure, device, speed, heatmap_kind)
         self.path = Path(model_path)
         if not 0.0 <= lesion_score_threshold <= 1.0:
             raise ConfigError(f"lesion score threshold must be in [0, 1], got {lesion_score_threshold}")
         self.lesion_score_threshold = float(lesion_score_threshold)
-        self.heatmap_kind = kind
 
     @classmethod
     def from_model(cls, recipe: Recipe, model: Any, card: dict[str, Any] | None = None,
@@ -104,7 +92,7 @@ class Predictor:
         return self
 
     def _setup(self, recipe: Recipe, model: Any, class_names: Sequence[str], card: dict[str, Any],
-               procedure: str | None, device: Any, speed: str | None = None) -> None:
+               procedure: str | None, device: Any, speed: str | None = None, heatmap_kind: str = "auto") -> None:
         from chestdx.engine.device import resolve_device
         from chestdx.engine.precision import InferenceSpeed
         from chestdx.tasks import get_task
@@ -119,7 +107,7 @@ class Predictor:
         self.procedure = procedure or recipe.inference.name
         self.params = procedure_params(recipe, self.procedure)  # intra_ensemble: the run's own training views
         self._pre = LoadPreprocess(recipe.data)
-        self.heatmap_kind = "auto"  # chestdx.explain.heatmap.auto_kind: the measured best map per model
+        self.heatmap_kind = heatmap_kind  # auto: chestdx.explain.heatmap.auto_kind, the measured best map per model
         self.lesion_score_threshold = 0.5  # task lesion: detections shown / listed from this score
         self.lock = threading.Lock()
         """Held around every forward: one at a time on a shared model."""

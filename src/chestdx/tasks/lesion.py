@@ -311,9 +311,8 @@ class Lesions(Task):
         of their masks is the ``heatmap`` (``details["heatmap_kind"] = "lesion_mask"``). Detection
         always runs in fp32.
         """
-        import numpy as np
-
         from chestdx.evaluate.lesion import predict_lesions
+        from chestdx.evaluate.localisation import lesion_mask_map
         from chestdx.predict.answers import Prediction, unit_scale
 
         with predictor.lock, torch.no_grad():
@@ -325,14 +324,14 @@ class Lesions(Task):
             det: dict[str, Any] = {"lesions": [
                 {"box": [round(float(v), 1) for v in b], "score": round(float(sc), 4), "area": int(m.sum())}
                 for b, sc, m in zip(f["boxes"], f["scores"], f["masks"], strict=True)]}
-            union = f["masks"].any(0) if len(f["masks"]) else np.zeros(images.shape[-2:], bool)
+            union = lesion_mask_map(f["masks"], images.shape[-2:])
             if heatmap:
                 det["heatmap_kind"] = "lesion_mask"
             det.update(predictor.input_check(images[i, 0]))
             pdict, label = predictor.named(probs[i])
             out.append(Prediction(
                 source=src, probs=pdict, label=label,
-                heatmap=np.asarray(union, dtype=np.float32) if heatmap else None,
+                heatmap=union if heatmap else None,
                 image=unit_scale(images[i, 0].cpu().numpy()) if heatmap else None, details=det,
             ))
         return out
