@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from chestdx.errors import ConfigError
 
@@ -512,7 +512,10 @@ def _weights_key(model: nn.Module) -> tuple[Any, ...]:
     return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in (*model.parameters(), *model.buffers()))
 
 
-def inference_model(model: nn.Module, mode: ExecMode, example: Tensor | None = None) -> nn.Module:
+_M = TypeVar("_M", bound="nn.Module")
+
+
+def inference_model(model: _M, mode: ExecMode, example: Tensor | None = None) -> _M:
     """The module to run ``model``'s inference on in ``mode``: ``model`` itself in ``fp32`` (exactly
     what chestdx did before modes existed) or while it trains; in any other mode a copy with its
     batch norms folded into the convolutions (:func:`fold_batchnorm`), made once per model and
@@ -823,7 +826,8 @@ class InferenceSpeed:
             yield to_mode_input(images, mode)
 
     @contextlib.contextmanager
-    def session(self, images: Tensor, *, batch: int | None = None, exact: bool = False) -> Iterator[tuple[nn.Module, Tensor]]:
+    def session(self, images: Tensor, *, batch: int | None = None,
+                exact: bool = False) -> Iterator[tuple[Any, Tensor]]:
         """As :meth:`run`, yielding ``(module to run, images)``: the module is
         :func:`inference_model` of the model in the mode (batch norms folded outside ``fp32``)."""
         shape = tuple(images.shape) if batch is None else (int(batch), *images.shape[1:])
