@@ -105,8 +105,8 @@ def test_answer_with_heatmap_shares_the_float32_pass(monkeypatch):
     assert stage_kind(model, "cam") is None and stage_kind(model, "auto", 5) is None
     assert stage_kind(_model("att2")) is None and stage_kind(_model("magsd")) is None
     assert float32_map(model, "cam") is None and float32_map(_model("att2"), "att2") is None
-    assert float32_map(_model("att2")) == ("intgrad", 8) == float32_map(_model("magsd"))  # auto: intgrad
-    assert float32_map(model, "occlusion") == ("occlusion", 64) and float32_map(model, "intgrad") == ("intgrad", 8)
+    assert float32_map(_model("att2")) == ("intgrad", 2) == float32_map(_model("magsd"))  # auto: intgrad
+    assert float32_map(model, "occlusion") == ("occlusion", 64) and float32_map(model, "intgrad") == ("intgrad", 2)
     assert float32_map(model)[0] == DEFAULT_CNN_KIND  # what auto draws on a CNN
     with torch.no_grad():
         ref = model(x)

@@ -176,7 +176,8 @@ def float32_map(model: ChestModel, kind: str = "auto", ndim: int = 4) -> tuple[s
     - ``occlusion`` (asked for, or what ``auto`` draws on the model, :func:`auto_kind`):
       one forward per covered patch, ``grid ** 2`` (64) copies per image;
     - ``intgrad`` (asked for, or ``auto`` on a CNN classifier, ResNet50-ATT2 or MAG-SD): forward +
-      backward passes of its ``steps`` (8) points per image, batched together.
+      backward passes of its ``steps`` (:data:`~chestdx.explain.occlusion.IG_STEPS`, 2) points per image,
+      batched together.
     """
     fine = stage_kind(model, kind, ndim)
     if fine is not None:
