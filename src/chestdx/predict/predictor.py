@@ -55,7 +55,7 @@ class Predictor:
             single images and once for batches. Lesion detection always runs in fp32.
         heatmap_kind: the map drawn with an answer (:data:`chestdx.explain.heatmap.HEATMAP_KINDS`):
             ``auto`` (default: the measured best, ``intgrad`` for 2D CNNs, 2 Riemann points) or a
-            cheaper one, e.g. ``layercam8`` (one forward + backward: about 5x faster for
+            cheaper one, e.g. ``layercam8`` (one forward + backward: about 2.3x faster for
             EfficientNet-Lite0 at 224 px, docs/results.md). A kind the model cannot give is refused
             on the first map (ConfigError).
 
