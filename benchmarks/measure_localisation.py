@@ -16,7 +16,7 @@ Sources:
 - any other data source chestdx reads (a phantom ``manifest.csv``): its ``--split`` images.
 
 Run: ``python benchmarks/measure_localisation.py RUN --data SRC [SRC ...] [--heatmap cam,gradcam16]
-[--max-images N] [--target predicted|true] [--out results.json]``.
+[--max-images N] [--target predicted|true] [--intgrad-steps 1 2 4 8] [--out results.json]``.
 """
 
 from __future__ import annotations
@@ -98,10 +98,26 @@ def main() -> None:
     ap.add_argument("--target", default="predicted", choices=["predicted", "true"],
                     help="whose map is scored: the predicted class's (default) or the labelled class's")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--intgrad-steps", type=int, nargs="+",
+                    help="measure once per value with intgrad_map's Riemann points set to it (default: IG_STEPS); "
+                         "the table in docs/explain.md, 'How many Riemann points': --intgrad-steps 1 2 4 8")
     a = ap.parse_args()
     from chestdx.evaluate.localisation import parse_heatmap_kinds
+    from chestdx.explain.occlusion import intgrad_map
 
-    res = measure(a.run, a.data, parse_heatmap_kinds(a.heatmap), a.split, a.max_images, a.n_boot, a.target)
+    kinds = parse_heatmap_kinds(a.heatmap)
+    if not a.intgrad_steps:
+        res = measure(a.run, a.data, kinds, a.split, a.max_images, a.n_boot, a.target)
+    else:  # heatmap() calls intgrad_map with its default steps: set that default, then put it back
+        saved = intgrad_map.__kwdefaults__["steps"]
+        res = {}
+        try:
+            for steps in a.intgrad_steps:
+                intgrad_map.__kwdefaults__["steps"] = steps
+                print(f"## intgrad with {steps} Riemann point(s)")
+                res[f"intgrad_steps={steps}"] = measure(a.run, a.data, kinds, a.split, a.max_images, a.n_boot, a.target)
+        finally:
+            intgrad_map.__kwdefaults__["steps"] = saved
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -46,8 +46,9 @@ HEATMAP_KINDS = ("auto", "cam", "gradcam16", "layercam16", "layercam8", "fused16
                  "att2")
 #: What ``auto`` draws for a CNN classifier: integrated gradients per cell of an 8 x 8 chequer. On the
 #: demo's phantom test slices with lesions (issue 16, after the phantom's label leak was fixed) it
-#: points at the lesion 0.50 of the time (``occlusion`` 0.53 at 8x the passes, ``layercam8`` 0.14,
-#: the centre prior 0.05); on the real segmentation slices no kind beats the centre prior (docs/explain.md).
+#: points at the lesion 0.50 of the time (``occlusion`` 0.53 at 8x the passes of 8-point ``intgrad``,
+#: ``layercam8`` 0.14, the centre prior 0.05); on the real segmentation slices no kind beats the centre
+#: prior (docs/explain.md).
 DEFAULT_CNN_KIND = "intgrad"
 #: What ``auto`` draws for ResNet50-ATT2 and MAG-SD on single images, instead of their own attention
 #: maps (issue 16; docs/explain.md, "Measured: ATT2 and MAG-SD attention against the other kinds"; the
@@ -57,7 +58,8 @@ DEFAULT_CNN_KIND = "intgrad"
 #: ``intgrad`` 0.469 [0.354, 0.583] / 0.103 [0.072, 0.139] (``occlusion`` 0.438 / 0.110);
 #: MAG-SD on the X-ray phantom's 96 test lesion images: ``attention`` 0.021 [0.000, 0.062] / 0.068
 #: [0.060, 0.076], ``intgrad`` 0.406 [0.281, 0.531] / 0.167 [0.126, 0.208] (``occlusion`` 0.604 / 0.165
-#: at 8x the passes). At 64 px the attention maps are 2 x 2 (``att1`` 4 x 4); 224 px is not measured.
+#: at 8x the passes of 8-point ``intgrad``). At 64 px the attention maps are 2 x 2 (``att1`` 4 x 4); 224 px
+#: is not measured.
 ATTENTION_MODEL_KIND = "intgrad"
 
 
