@@ -30,6 +30,14 @@ def test_train_evaluate_predict_cli(phantom_slices, tmp_path, capsys):
               "logs/version_0/metrics.csv",
               "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (run / f).is_file(), f
+    # best.ckpt: weights and the stored best score, not the optimiser (resume reads last.ckpt only)
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and last["optimizer_states"]
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    assert any(k.startswith("ModelCheckpoint") and v.get("best_model_score") is not None
+               for k, v in best["callbacks"].items())
+    assert (run / "checkpoints" / "best.ckpt").stat().st_size < 0.6 * (run / "checkpoints" / "last.ckpt").stat().st_size
     data = json.loads((run / "data.json").read_text())
     assert data["class_names"] == ["normal", "pneumonia", "covid"]
     assert len(data["site_names"]) == 2

@@ -31,9 +31,22 @@ log = logging.getLogger(__name__)
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose ``save_checkpoint`` is atomic (temp file + ``os.replace``) and whose
-    ``load_checkpoint`` (used by ``Trainer.fit(ckpt_path=...)``) only loads tensors and plain values."""
+    ``load_checkpoint`` (used by ``Trainer.fit(ckpt_path=...)``) only loads tensors and plain values.
+
+    Args:
+        model_only: file names (``"best.ckpt"``) written without ``optimizer_states``. Training resumes
+            from ``last.ckpt`` only, so the best checkpoint needs the weights, the epoch and the callback
+            states (its stored best score), not the optimiser's moments: with Adam those are twice the
+            weights, so a run folder shrinks by a third (ResNet-18: 268 -> 179 MB).
+    """
+
+    def __init__(self, model_only: tuple[str, ...] = ()):
+        super().__init__()
+        self.model_only = frozenset(model_only)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if Path(path).name in self.model_only:
+            checkpoint = {k: v for k, v in checkpoint.items() if k != "optimizer_states"}
         atomic_torch_save(checkpoint, Path(path))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
