@@ -6,8 +6,8 @@
       recipe.yaml          the resolved recipe (overrides applied); --resume continues it
       samples.csv          every image with its label, site, patient and split (the exact split used)
       data.json            sources, class names, site names, counts per split/class/site
-      checkpoints/best.ckpt  the best epoch by trainer.monitor
-      checkpoints/last.ckpt  written after every epoch: --resume loses at most the running epoch
+      checkpoints/best.ckpt  the best epoch by trainer.monitor: weights and callback states, no optimiser state
+      checkpoints/last.ckpt  written after every epoch, optimiser included: --resume loses at most the running epoch
       history.json         per-epoch metrics (kept across --resume); logs/version_N/metrics.csv
                            Lightning's CSV log of each (resumed) session
       train.json           wall time, epochs run, best score, chestdx version, resume record
