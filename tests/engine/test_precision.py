@@ -178,6 +178,27 @@ def test_supported_computes_follow_cpu_flags(monkeypatch):
         P._supported.cache_clear()
 
 
+def test_cuda_computes_and_candidates(monkeypatch):
+    """The CUDA branch without a GPU: bf16 only where torch says the GPU has it; training keeps fp16
+    (CUDA has fp16 AMP, ``16-mixed``), unlike a CPU."""
+    import torch
+
+    P._supported.cache_clear()
+    try:
+        monkeypatch.setattr(P, "_device", lambda d: torch.device("cuda", 0))
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+        assert P.supported_computes("cuda") == ("fp32", "fp16")
+        P._supported.cache_clear()
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        assert P.supported_computes("cuda") == ("fp32", "bf16", "fp16")
+        train = [m.name for m in P.candidate_modes("cuda", ndim=4, phase="train")]
+        assert train == ["fp32", "channels_last", "bf16", "channels_last+bf16", "fp16", "channels_last+fp16"]
+        assert [m.lightning_precision for m in P.candidate_modes("cuda", ndim=5, phase="train")] == [
+            "32-true", "bf16-mixed", "16-mixed"]
+    finally:
+        P._supported.cache_clear()
+
+
 def test_this_machine_supports_fp32_first():
     sup = P.supported_computes("cpu")
     assert sup[0] == "fp32" and set(sup) <= {"fp32", "bf16", "fp16"}
