@@ -557,6 +557,35 @@ def test_train_applies_the_mode(phantom_binary, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["speed"] == "channels_last"
 
 
+def test_measuring_leaves_the_global_rng_as_it_was():
+    """The timed training steps run dropout: they must not move the RNG that training draws from."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Dropout(0.5),
+                                torch.nn.LazyLinear(2))
+    model(torch.zeros(1, 1, 8, 8))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    secs = P.measure_modes(model, (2, 1, 8, 8), "train", "cpu", [P.FP32], warmup=1, iters=2)
+    assert set(secs) == {"fp32"}
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_run_that_measures_trains_like_one_that_reads_the_cache(phantom_binary, tmp_path, fresh_cache):
+    """speed: auto measured on the first run (dropout 0.5 in the head) and read from the cache on the
+    second: the same losses, epoch by epoch (before the fix the measured run drew other dropout masks)."""
+    from chestdx.engine.train import train
+
+    cfg = {**SMALL, "model": {**SMALL["model"], "dropout": 0.5},
+           "trainer": {"epochs": 2, "speed": "auto", "limit_train_batches": 2}}
+    histories = []
+    for name in ("measured", "cached"):
+        train(load_recipe("baseline", cfg), [str(phantom_binary)], tmp_path / name, progress=False)
+        hist = json.loads((tmp_path / name / "history.json").read_text())
+        histories.append([(h["train_loss"], h["val_loss"]) for h in hist])
+    assert fresh_cache.is_file()  # the first run measured and wrote the cache
+    assert histories[0] == histories[1]
+
+
 def test_cli_speed_flags(capsys):
     from chestdx.cli import _overrides_from_args, build_parser
 
