@@ -607,44 +607,52 @@ def measure_modes(model: nn.Module, shape: Sequence[int], phase: str, device: An
     # that measures (no cached choice) trains exactly as one that reads the cache
     rng_devices = [d.index if d.index is not None else torch.cuda.current_device()] if d.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
-        gen = torch.Generator().manual_seed(0)
-        x0 = torch.randn(tuple(shape), generator=gen)
+        return _time_modes(model, tuple(shape), phase, d, modes, warmup=warmup, iters=iters, budget_s=budget_s)
 
-        def step(m: nn.Module, x: Tensor, mode: ExecMode) -> None:
-            if phase == "train":
-                with autocast(mode, d):
-                    loss = _loss(m(x))
-                loss.backward()
-                m.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad(), autocast(mode, d):
-                    m(x)
-            if d.type == "cuda":
-                torch.cuda.synchronize(d)
 
-        runs: dict[str, tuple[nn.Module, Tensor, ExecMode]] = {}
-        start = time.perf_counter()
-        for mode in modes:
-            try:
-                m = copy.deepcopy(model).to(d)
-                apply_memory_format(m, mode)
-                m.train(phase == "train")
-                x = to_mode_input(x0.to(d), mode)
-                for _ in range(warmup):
-                    step(m, x, mode)
-                runs[mode.name] = (m, x, mode)
-            except Exception as e:  # noqa: BLE001 - a mode that cannot run is simply not chosen
-                log.warning("speed auto: mode %s failed while measuring (%s: %s); not using it",
-                            mode.name, type(e).__name__, str(e)[:200])
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(iters):
-            for name, (m, x, mode) in runs.items():
-                t0 = time.perf_counter()
+def _time_modes(model: nn.Module, shape: tuple[int, ...], phase: str, d: Any, modes: Sequence[ExecMode], *,
+                warmup: int, iters: int, budget_s: float) -> dict[str, float]:
+    """:func:`measure_modes` on the device ``d`` (a ``torch.device``), without its RNG fork."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(tuple(shape), generator=gen)
+
+    def step(m: nn.Module, x: Tensor, mode: ExecMode) -> None:
+        if phase == "train":
+            with autocast(mode, d):
+                loss = _loss(m(x))
+            loss.backward()
+            m.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), autocast(mode, d):
+                m(x)
+        if d.type == "cuda":
+            torch.cuda.synchronize(d)
+
+    runs: dict[str, tuple[nn.Module, Tensor, ExecMode]] = {}
+    start = time.perf_counter()
+    for mode in modes:
+        try:
+            m = copy.deepcopy(model).to(d)
+            apply_memory_format(m, mode)
+            m.train(phase == "train")
+            x = to_mode_input(x0.to(d), mode)
+            for _ in range(warmup):
                 step(m, x, mode)
-                times[name].append(time.perf_counter() - t0)
-            if time.perf_counter() - start > budget_s:
-                break
-        return {name: min(t) for name, t in times.items() if t}
+            runs[mode.name] = (m, x, mode)
+        except Exception as e:  # noqa: BLE001 - a mode that cannot run is simply not chosen
+            log.warning("speed auto: mode %s failed while measuring (%s: %s); not using it",
+                        mode.name, type(e).__name__, str(e)[:200])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(iters):
+        for name, (m, x, mode) in runs.items():
+            t0 = time.perf_counter()
+            step(m, x, mode)
+            times[name].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return {name: min(t) for name, t in times.items() if t}
 
 
 def _pick(seconds: dict[str, float]) -> ExecMode:
