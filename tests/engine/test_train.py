@@ -12,7 +12,7 @@ from chestdx.cli import main
 from chestdx.config import load_recipe
 from chestdx.engine.checkpointing import AtomicCheckpointIO
 from chestdx.engine.run import Run
-from chestdx.engine.train import train
+from chestdx.engine.train import checkpoint_bytes, train
 from chestdx.errors import RunError
 from tests.conftest import TINY
 
@@ -38,6 +38,11 @@ def test_train_evaluate_predict_cli(phantom_slices, tmp_path, capsys):
     assert any(k.startswith("ModelCheckpoint") and v.get("best_model_score") is not None
                for k, v in best["callbacks"].items())
     assert (run / "checkpoints" / "best.ckpt").stat().st_size < 0.6 * (run / "checkpoints" / "last.ckpt").stat().st_size
+    # the disk check's estimate of both sizes is within 2% of the files written
+    r = Run(run)
+    est_best, est_last = checkpoint_bytes(r.load_task(), r.recipe)
+    for name, est in (("best.ckpt", est_best), ("last.ckpt", est_last)):
+        assert est == pytest.approx((run / "checkpoints" / name).stat().st_size, rel=0.02), name
     data = json.loads((run / "data.json").read_text())
     assert data["class_names"] == ["normal", "pneumonia", "covid"]
     assert len(data["site_names"]) == 2
@@ -138,6 +143,21 @@ def test_bad_files_all_reported_before_training(phantom_slices, tmp_path, capsys
     assert rc == 2
     assert imgs[0].name in err and imgs[1].name in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_training_refuses_to_start_without_disk_for_its_checkpoints(phantom_slices, tmp_path, monkeypatch):
+    """1 MB free: refused before the first epoch, naming both figures; no checkpoint written."""
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**20, 9 * 2**20, 2**20))
+    run = tmp_path / "run"
+    with pytest.raises(RunError, match=r"not enough disk space .* MB needed .* 1 MB free"):
+        train(load_recipe("demo", TINY), [str(phantom_slices)], run, progress=False)
+    assert not list(run.glob("checkpoints/*.ckpt"))
+    rc = main(["train", "demo", "--data", str(phantom_slices), "--out", str(tmp_path / "run2"), "--no-progress",
+               *_set(TINY)])
+    assert rc == 2  # the CLI reports it as a typed error, no traceback
 
 
 def test_atomic_checkpoint_keeps_previous_file_on_failure(tmp_path):

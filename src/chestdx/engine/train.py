@@ -189,6 +189,46 @@ def _in_or_above(p: str | bytes | None, out: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
 
+_MB = 1024 * 1024
+
+
+def checkpoint_bytes(task: torch.nn.Module, recipe: Recipe) -> tuple[int, int]:
+    """Estimated sizes of ``(best.ckpt, last.ckpt)`` for ``task``: every tensor of its state dict,
+    and for ``last.ckpt`` the optimiser's moments of the trainable parameters too (Adam / AdamW two,
+    SGD with momentum one). Tensors dominate a checkpoint; the estimate leaves out the few kB of
+    metadata and any optimiser state a task's own loop adds."""
+    weights = sum(t.numel() * t.element_size() for t in task.state_dict().values() if isinstance(t, torch.Tensor))
+    trainable = sum(p.numel() * p.element_size() for p in task.parameters() if p.requires_grad)
+    o = recipe.optim
+    moments = 2 if o.name in ("adam", "adamw") else (1 if o.momentum > 0 else 0)
+    return weights, weights + moments * trainable
+
+
+def check_disk_for_checkpoints(out: Path, task: torch.nn.Module, recipe: Recipe, *, resume: bool) -> None:
+    """Refuse to start training when the disk under ``out`` cannot hold the run's checkpoints.
+
+    A new run needs ``best.ckpt`` and ``last.ckpt`` plus a temporary copy of the one being written
+    (checkpoints are written atomically, then renamed); a resumed run already has both and needs the
+    temporary copy only. Refusing here costs nothing; finding out after the first epoch costs an epoch.
+
+    Raises:
+        RunError: not enough free space; the message gives both figures in MB.
+    """
+    import shutil
+
+    best, last = checkpoint_bytes(task, recipe)
+    need = last if resume else best + 2 * last
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:  # cannot tell (an odd file system): training finds out when it writes
+        return
+    if free < need:
+        raise RunError(f"{out}: not enough disk space for the run's checkpoints: about {need / _MB:,.0f} MB "
+                       f"needed (best.ckpt {best / _MB:,.0f} MB, last.ckpt {last / _MB:,.0f} MB with the "
+                       f"optimiser state, and a temporary copy while one is written), {free / _MB:,.0f} MB "
+                       "free. Free some space or choose another --out.")
+
+
 def train(recipe: Recipe, sources: Sequence[str | Path], out: str | Path, *, resume: bool = False,
           force: bool = False, progress: bool = True, check_files: bool = True, samples: Sequence[Any] | None = None,
           trainer_overrides: dict[str, Any] | None = None) -> Run:
@@ -280,6 +320,7 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
         save_run_start(out, recipe, dm.samples, [str(s) for s in sources], dm.summary(), dm.site_names)
         kind.save_run_files(out, dm)
     task = kind.lightning_module(recipe, dm.class_counts)
+    check_disk_for_checkpoints(out, task, recipe, resume=resume)
     # trainer.speed (engine/precision.py); auto measures once, unless the task trains in its own loop
     task.exec_mode = training_mode(recipe, task.model, measure=kind.measure_training_speed)
     tc = recipe.trainer
