@@ -2,13 +2,13 @@
 # What only a GPU can show, in one script for a session that is lent one (about 8 minutes on an H200):
 #   1. the device and the precisions chestdx finds on it (engine/precision.py supported_computes);
 #   2. `chestdx train` of ResNet-50 at 224 px with `--speed auto` against `--speed fp32` on the GPU:
-#      the mode auto picks, wall time and images/s of each (train.json), and `chestdx evaluate` of both;
+#      the mode auto picks, the wall time of each (train.json), and `chestdx evaluate` of both;
 #   3. the same training under DDP (`--strategy ddp`, every visible GPU);
 #   4. the CMC-COV19D 3D step at 128x256x256 in bf16 (benchmarks/bench_volume.py: peak memory, volumes/s).
 # Everything goes to $OUT (default gpu_check/): one log per step and summary.json.
 #
 # Run from the repository root:  bash benchmarks/gpu_check.sh
-# Test of the script itself on a CPU, at toy sizes (about 3 minutes on 2 cores):
+# Test of the script itself on a CPU, at toy sizes (84 s on 2 cores):
 #   ACCEL=cpu SMALL=1 PY=.venv/bin/python bash benchmarks/gpu_check.sh
 #
 # On the lent H200 (Python 3.12, no registry): torch, torchvision, lightning, timm and torchmetrics are
@@ -23,6 +23,16 @@ SMALL=${SMALL:-0}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 CX=("$PY" -c "import sys; from chestdx.cli import main; sys.exit(main(sys.argv[1:]))")
+
+# train_run NAME EPOCHS DEVICES [chestdx train options]: the baseline recipe on the phantom into $OUT/run_NAME
+train_run() {
+  local name=$1 epochs=$2 devices=$3
+  shift 3
+  rm -rf "$OUT/run_$name"
+  "${CX[@]}" train baseline --data "$OUT/phantom/manifest.csv" --out "$OUT/run_$name" --no-progress \
+    --backbone "$BACKBONE" --weights none --image-size "$SIZE" --batch-size "$BATCH" --epochs "$epochs" \
+    --accelerator "$LIGHTNING_ACCEL" --devices "$devices" "$@"
+}
 
 if [ "$SMALL" = 1 ]; then
   SIZE=32; PATIENTS=4; EPOCHS=1; BATCH=8; BACKBONE=resnet18; VOL=(--small --shapes 8x32x32 --steps 1 --loading 0)
@@ -46,25 +56,15 @@ EOF
 echo "== 2. train ResNet-50: speed auto against fp32" | tee "$OUT/train.log"
 "${CX[@]}" synth --out "$OUT/phantom" --classes 2 --sites 2 --patients "$PATIENTS" --size "$SIZE" >>"$OUT/train.log" 2>&1
 # a one-epoch auto run first, so that auto's one-time measurement (cached per machine) is not in the timed run
-rm -rf "$OUT/run_warm"
-"${CX[@]}" train baseline --data "$OUT/phantom/manifest.csv" --out "$OUT/run_warm" --no-progress \
-  --backbone "$BACKBONE" --weights none --image-size "$SIZE" --batch-size "$BATCH" --epochs 1 \
-  --accelerator "$LIGHTNING_ACCEL" --devices 1 --speed auto >>"$OUT/train.log" 2>&1
+train_run warm 1 1 --speed auto >>"$OUT/train.log" 2>&1
 for speed in auto fp32; do
-  rm -rf "$OUT/run_$speed"
-  "${CX[@]}" train baseline --data "$OUT/phantom/manifest.csv" --out "$OUT/run_$speed" --no-progress \
-    --backbone "$BACKBONE" --weights none --image-size "$SIZE" --batch-size "$BATCH" --epochs "$EPOCHS" \
-    --accelerator "$LIGHTNING_ACCEL" --devices 1 --speed "$speed" >>"$OUT/train.log" 2>&1
+  train_run "$speed" "$EPOCHS" 1 --speed "$speed" >>"$OUT/train.log" 2>&1
   "${CX[@]}" evaluate "$OUT/run_$speed" --n-boot 100 --no-progress --accelerator "$ACCEL" \
     --speed "$speed" >>"$OUT/train.log" 2>&1
 done
 
 echo "== 3. DDP" | tee "$OUT/ddp.log"
-rm -rf "$OUT/run_ddp"
-"${CX[@]}" train baseline --data "$OUT/phantom/manifest.csv" --out "$OUT/run_ddp" --no-progress \
-  --backbone "$BACKBONE" --weights none --image-size "$SIZE" --batch-size "$BATCH" --epochs "$EPOCHS" \
-  --accelerator "$LIGHTNING_ACCEL" --devices "$([ "$SMALL" = 1 ] && echo 1 || echo auto)" --strategy ddp \
-  >>"$OUT/ddp.log" 2>&1
+train_run ddp "$EPOCHS" "$([ "$SMALL" = 1 ] && echo 1 || echo auto)" --strategy ddp >>"$OUT/ddp.log" 2>&1
 
 echo "== 4. 3D step" | tee "$OUT/volume.log"
 "$PY" benchmarks/bench_volume.py "${VOL[@]}" --out "$OUT/volume.json" >>"$OUT/volume.log" 2>&1

@@ -74,6 +74,11 @@ class RunCheckpoint(ModelCheckpoint):
     """
 
     @property
+    def file_name(self) -> str:
+        """The name of the one file this callback writes (``best.ckpt``); ``""`` without a filename."""
+        return f"{self.filename}{self.FILE_EXTENSION}" if self.filename else ""
+
+    @property
     def state_key(self) -> str:
         return f"ModelCheckpoint{self._state_key_fields()!r}"
 
@@ -98,7 +103,7 @@ class RunCheckpoint(ModelCheckpoint):
             log.warning("%s is gone: best-checkpoint tracking starts again", path)
             self._forget_best()
             path = None
-        candidate = here / f"{self.filename}{self.FILE_EXTENSION}" if self.filename else None
+        candidate = here / self.file_name if self.file_name else None
         if candidate is None or not candidate.is_file():
             return
         try:

@@ -346,7 +346,7 @@ def _train(recipe: Recipe, sources: Sequence[str | Path], out: Path, *, resume: 
         max_epochs=tc.epochs, accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
         strategy=tc.strategy, precision=lightning_precision(recipe, task.exec_mode), gradient_clip_val=tc.gradient_clip,
         callbacks=callbacks, logger=CSVLogger(out, name="logs"),
-        plugins=[AtomicCheckpointIO(model_only=("best.ckpt",))], enable_progress_bar=progress, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO(model_only=(best.file_name,))], enable_progress_bar=progress, enable_model_summary=False,
         log_every_n_steps=tc.log_every_n_steps, default_root_dir=out, deterministic=False,
         num_sanity_val_steps=0,
     )
